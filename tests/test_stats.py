@@ -251,14 +251,25 @@ def test_bootstrap_is_seeded_and_deterministic():
     assert paired_bootstrap(a, b, seed=1) == paired_bootstrap(a, b, seed=1)
 
 
-def test_discrete_and_generic_resamplers_agree():
+@pytest.mark.parametrize("macro", [False, True])
+def test_discrete_and_generic_resamplers_agree(monkeypatch, macro):
+    """The multinomial-count resampler (few distinct differences) and the item-gather one
+    draw from the same bootstrap distribution (also with per-paradigm weights 1/size)."""
+    import workbench.stats as stats
+
     rng = np.random.default_rng(3)
-    clusters = np.repeat(np.arange(10), 200)
-    a, b = _paired_binary(rng, np.repeat(rng.uniform(0.4, 0.9, 10), 200), shift=0.02)
-    fast = paired_bootstrap(a, b, clusters=clusters, n_resamples=4000)
-    # Same data through the generic gather path (non-uniform weights that are all equal to 2).
-    slow = paired_bootstrap(a, b, clusters=clusters, weights=np.full(a.shape[0], 2.0), n_resamples=4000)
+    sizes = rng.integers(100, 300, size=10)
+    clusters = np.repeat(np.arange(10), sizes)
+    a, b = _paired_binary(rng, np.repeat(rng.uniform(0.4, 0.9, 10), sizes), shift=0.02)
+    weights = 1.0 / np.repeat(sizes, sizes) if macro else None
+    fast = paired_bootstrap(a, b, clusters=clusters, weights=weights, n_resamples=4000)
+    monkeypatch.setattr(stats, "_MAX_DISCRETE_VALUES", 0)
+    slow = paired_bootstrap(a, b, clusters=clusters, weights=weights, n_resamples=4000)
+    assert fast != slow  # really two different code paths
     assert fast.estimate == pytest.approx(slow.estimate)
+    if macro:
+        per_paradigm = [np.mean(a[clusters == g].astype(float) - b[clusters == g]) for g in range(10)]
+        assert fast.estimate == pytest.approx(np.mean(per_paradigm))
     assert fast.se == pytest.approx(slow.se, rel=0.08)
     assert fast.low == pytest.approx(slow.low, abs=0.004)
     assert fast.high == pytest.approx(slow.high, abs=0.004)

@@ -167,24 +167,30 @@ def _bootstrap_distribution(
         return out
     # resample == "within": items are drawn with replacement inside each cluster (stratified).
     uniform_weights = bool(np.all(w == 1.0))
+    w_sorted = w[order]
+    cluster_w = w_sorted[offsets]
+    cluster_constant_w = bool(np.all(w_sorted == np.repeat(cluster_w, sizes)))
     values, value_codes = np.unique(d, return_inverse=True)
-    if uniform_weights and values.shape[0] <= _MAX_DISCRETE_VALUES:
-        # Few distinct differences (accuracy: -1, 0, +1): redrawing n_k items from a cluster is
-        # the same as drawing multinomial counts of each distinct value, which is far cheaper.
+    if cluster_constant_w and values.shape[0] <= _MAX_DISCRETE_VALUES:
+        # Few distinct differences (accuracy: -1, 0, +1) and one weight per cluster (e.g. 1/size
+        # for a macro mean over paradigms): redrawing n_k items from a cluster is the same as
+        # drawing multinomial counts of each distinct value, which is far cheaper.
         n_values = values.shape[0]
-        cluster_codes = np.repeat(np.arange(sizes.shape[0]), sizes)
+        n_clusters = sizes.shape[0]
+        cluster_codes = np.repeat(np.arange(n_clusters), sizes)
         table = np.bincount(
-            cluster_codes * n_values + value_codes[order], minlength=sizes.shape[0] * n_values
-        ).reshape(sizes.shape[0], n_values)
+            cluster_codes * n_values + value_codes[order], minlength=n_clusters * n_values
+        ).reshape(n_clusters, n_values)
         probs = table / sizes[:, None]
-        chunk = max(1, _CHUNK_ELEMENTS // (sizes.shape[0] * n_values))
+        total_w = float(np.sum(cluster_w * sizes))
+        chunk = max(1, _CHUNK_ELEMENTS // (n_clusters * n_values))
         for start in range(0, n_resamples, chunk):
             rows = min(chunk, n_resamples - start)
-            counts = rng.multinomial(sizes, probs, size=(rows, sizes.shape[0]))
-            out[start : start + rows] = (counts.sum(axis=1) @ values) / n
+            counts = rng.multinomial(sizes, probs, size=(rows, n_clusters))
+            per_cluster = counts @ values  # (rows, clusters): resampled sum of d in each cluster
+            out[start : start + rows] = (per_cluster @ cluster_w) / total_w
         return out
     d_sorted = (w * d)[order]
-    w_sorted = w[order]
     pos_size = np.repeat(sizes, sizes).astype(np.float64)
     pos_offset = np.repeat(offsets, sizes)
     pos_max = np.repeat(sizes - 1, sizes)
