@@ -1,0 +1,232 @@
+"""Task-vector methods: task arithmetic, TIES, DARE (mergekit 0.1.5 semantics).
+
+Each input contributes its delta from the base ``d_i = x_i - base``. Deltas are optionally
+sparsified (TIES: keep the ``density`` fraction of largest magnitudes; DARE: keep each entry
+with probability ``density``, seeded), then weighted. TIES/DARE-TIES keep, per entry, only the
+deltas whose sign agrees with the sign of the weighted sum ("sum" consensus). With
+``normalize`` the mixed delta is divided by the sum of the (kept) weights; ``lambda_`` scales
+it. ``rescale`` multiplies a sparsified delta so its L1 norm is unchanged (mergekit's DARE
+rescaling). Compute in float32, return the base dtype.
+
+>>> import torch
+>>> base = torch.zeros(4); a = torch.tensor([1.0, -1.0, 2.0, 0.0]); b = torch.tensor([1.0, 1.0, -1.0, 0.0])
+>>> task_arithmetic(base, [a, b], [0.5, 0.5])
+tensor([1.0000, 0.0000, 0.5000, 0.0000])
+>>> ties(base, [a, b], [1.0, 1.0], density=1.0)
+tensor([1., 1., 2., 0.])
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+
+from workbench.merge.linear import compute_dtype
+
+__all__ = [
+    "consensus_mask",
+    "dare",
+    "generalized_task_arithmetic",
+    "magnitude_prune",
+    "random_prune",
+    "task_arithmetic",
+    "ties",
+]
+
+Floats = float | Sequence[float]
+
+
+def _per_model(v: Floats, n: int, what: str) -> list[float]:
+    if isinstance(v, (int, float)):
+        return [float(v)] * n
+    vals = [float(x) for x in v]
+    if len(vals) != n:
+        raise ValueError(f"{what}: expected {n} values, got {len(vals)}")
+    return vals
+
+
+def _rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    before = delta.abs().sum()
+    after = kept.abs().sum()
+    if before < eps or after < eps:
+        return kept
+    return kept * (before / after)
+
+
+def magnitude_prune(delta: torch.Tensor, density: float, *, rescale: bool = False) -> torch.Tensor:
+    """Keep the ``max(1, int(density * numel))`` entries of largest magnitude, zero the rest.
+
+    >>> import torch
+    >>> magnitude_prune(torch.tensor([0.1, -3.0, 2.0, 0.5]), 0.5)
+    tensor([ 0., -3.,  2.,  0.])
+    """
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    k = max(1, int(density * delta.numel()))
+    order = torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+    mask[order] = 1
+    kept = delta * mask.reshape(delta.shape)
+    return _rescale_l1(delta, kept) if rescale else kept
+
+
+def random_prune(
+    delta: torch.Tensor, density: float, *, rescale: bool = True, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Keep each entry with probability ``density`` (Bernoulli mask from ``generator``).
+
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> (random_prune(torch.ones(1000), 0.3, rescale=False, generator=g) != 0).float().mean().item() < 0.4
+    True
+    """
+    if density >= 1:
+        return delta
+    mask = torch.bernoulli(torch.full(delta.shape, float(density), dtype=torch.float32, device=delta.device), generator=generator)
+    kept = delta * mask.to(delta.dtype)
+    return _rescale_l1(delta, kept) if rescale else kept
+
+
+def consensus_mask(weighted_deltas: torch.Tensor, method: Literal["sum", "count"] = "sum") -> torch.Tensor:
+    """Boolean mask: entries whose sign matches the elected sign (ties elect +).
+
+    ``weighted_deltas`` is stacked along dim 0. "sum" elects the sign of the sum, "count"
+    the majority of signs.
+
+    >>> import torch
+    >>> consensus_mask(torch.tensor([[1.0, -2.0], [-0.5, 1.0]]))
+    tensor([[ True,  True],
+            [False, False]])
+    """
+    sign = weighted_deltas.sign()
+    if method == "sum":
+        elected = torch.where(weighted_deltas.sum(0) >= 0, 1.0, -1.0).to(sign.dtype)
+    elif method == "count":
+        elected = torch.where(sign.sum(0) >= 0, 1.0, -1.0).to(sign.dtype)
+    else:
+        raise ValueError(f"unknown consensus method {method!r}")
+    return sign == elected
+
+
+def generalized_task_arithmetic(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Floats,
+    *,
+    density: Floats = 1.0,
+    sparsify: Literal["magnitude", "random"] | None = None,
+    consensus: Literal["sum", "count"] | None = None,
+    normalize: bool = False,
+    rescale: bool = False,
+    lambda_: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The common core of task arithmetic, TIES and DARE (see the module docstring)."""
+    n = len(tensors)
+    if n == 0:
+        return base.clone()
+    w = _per_model(weights, n, "weight")
+    dens = _per_model(density, n, "density")
+    dt = compute_dtype(base)
+    b = base.to(dt)
+    deltas = torch.empty((n, *base.shape), dtype=dt, device=base.device)
+    for i, x in enumerate(tensors):
+        d = x.to(dt) - b
+        if sparsify == "magnitude":
+            d = magnitude_prune(d, dens[i], rescale=rescale)
+        elif sparsify == "random":
+            d = random_prune(d, dens[i], rescale=rescale, generator=generator)
+        elif sparsify is not None:
+            raise ValueError(f"unknown sparsification {sparsify!r}")
+        deltas[i] = d
+    wt = torch.tensor(w, dtype=dt, device=base.device).reshape((n,) + (1,) * base.dim())
+    deltas.mul_(wt)
+    if consensus:
+        mask = consensus_mask(deltas, consensus).to(dt)
+        mixed = (deltas * mask).sum(0)
+        divisor = (wt * mask).sum(0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(0)
+        divisor = wt.sum(0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lambda_ != 1:
+        mixed = mixed * lambda_
+    return (b + mixed).to(base.dtype)
+
+
+def task_arithmetic(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Floats,
+    *,
+    normalize: bool = False,
+    lambda_: float = 1.0,
+) -> torch.Tensor:
+    """``base + lambda * sum_i w_i (x_i - base)`` (divided by ``sum w`` when ``normalize``).
+
+    >>> import torch
+    >>> task_arithmetic(torch.zeros(1), [torch.ones(1)], [2.0])
+    tensor([2.])
+    """
+    return generalized_task_arithmetic(base, tensors, weights, normalize=normalize, lambda_=lambda_)
+
+
+def ties(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Floats,
+    *,
+    density: Floats = 1.0,
+    normalize: bool = True,
+    rescale: bool = False,
+    lambda_: float = 1.0,
+    consensus: Literal["sum", "count"] = "sum",
+) -> torch.Tensor:
+    """TIES: trim deltas to ``density`` by magnitude, elect signs, average the agreeing ones.
+
+    >>> import torch
+    >>> ties(torch.zeros(2), [torch.tensor([1.0, -1.0]), torch.tensor([3.0, 2.0])], [1, 1])
+    tensor([2., 2.])
+    """
+    return generalized_task_arithmetic(
+        base, tensors, weights, density=density, sparsify="magnitude", consensus=consensus,
+        normalize=normalize, rescale=rescale, lambda_=lambda_,
+    )
+
+
+def dare(
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Floats,
+    *,
+    density: Floats = 1.0,
+    consensus: Literal["sum", "count"] | None = None,
+    normalize: bool = False,
+    rescale: bool = True,
+    lambda_: float = 1.0,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DARE: drop delta entries at random (keep prob. ``density``), rescale, then mix.
+
+    ``consensus=None`` is ``dare_linear``; ``"sum"`` is ``dare_ties``. Seeded: the same seed
+    gives the same bytes.
+
+    >>> import torch
+    >>> x = [torch.randn(50, generator=torch.Generator().manual_seed(1))]
+    >>> torch.equal(dare(torch.zeros(50), x, [1.0], density=0.5, seed=3),
+    ...             dare(torch.zeros(50), x, [1.0], density=0.5, seed=3))
+    True
+    """
+    if generator is None:
+        generator = torch.Generator(device=base.device).manual_seed(int(seed))
+    return generalized_task_arithmetic(
+        base, tensors, weights, density=density, sparsify="random", consensus=consensus,
+        normalize=normalize, rescale=rescale, lambda_=lambda_, generator=generator,
+    )
