@@ -21,8 +21,8 @@ everything before it (lm-evaluation-harness semantics). The scorer
 ...     def forward(self, input_ids, attention_mask):
 ...         return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 4)})()
 >>> r = score_requests(Uniform(), [([0], [1, 2]), ([0, 1], [2])], max_length=8, progress=False)
->>> [round(x, 4) for x in r.loglik], r.n_forward_sequences
-[-2.7726, -1.3863, 1]
+>>> [round(float(x), 4) for x in r.loglik], r.n_forward_sequences
+([-2.7726, -1.3863], 1)
 """
 
 from __future__ import annotations

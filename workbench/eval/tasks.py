@@ -164,7 +164,7 @@ def stratified_subsample(strata: Sequence[str], limit: float | None, seed: int) 
     drawn with ``seed``, returned in ascending order.
 
     >>> stratified_subsample(["a", "a", "a", "b"], 2, 0).tolist()
-    [0, 2, 3]
+    [1, 2, 3]
     >>> stratified_subsample(["a", "a"], None, 0).tolist()
     [0, 1]
     """
@@ -215,7 +215,7 @@ def pooled_stderr(stderrs: Sequence[float], sizes: Sequence[int]) -> float:
     reports for groups such as ``blimp``.
 
     >>> round(pooled_stderr([0.1, 0.1], [100, 100]), 4)
-    0.0705
+    0.0707
     """
     n = sum(sizes)
     k = len(sizes)
@@ -409,7 +409,7 @@ def rolling_windows(tokens: list[int], prefix_id: int, max_length: int) -> list[
     window on as many preceding tokens as fit in ``max_length``.
 
     >>> rolling_windows([1, 2, 3, 4, 5], 0, 2)
-    [([0], [1, 2]), ([2], [3, 4]), ([4], [5])]
+    [([0], [1, 2]), ([2], [3, 4]), ([3, 4], [5])]
     """
     out: list[tuple[list[int], list[int]]] = []
     if not tokens:
