@@ -44,6 +44,154 @@ def user_errors(func: F) -> F:
 # --- commands are registered below, one block per command --------------------------------
 
 
+# --- run: execute a notebook headlessly (papermill) and export offline HTML ---------------
+
+
+@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def run_command(
+    ctx: typer.Context,
+    notebook: Annotated[Path, typer.Argument(help="Notebook to execute (e.g. notebooks/layer_angles.ipynb).")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory for NAME.ipynb and NAME.html.")],
+    params_file: Annotated[
+        Optional[Path], typer.Option("-f", "--params-file", help="YAML mapping of parameters (-p wins).")
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Per-cell timeout in seconds (0: none).")] = 1800,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
+) -> None:
+    """Execute NOTEBOOK with parameters; write the executed notebook and a self-contained HTML.
+
+    Parameters: -p NAME VALUE (repeatable; VALUE parsed as YAML, so lists and dicts work)
+    and -f PARAMS.yaml (-p wins). Unknown names are refused.
+    """
+    from workbench.runner import collect_parameters, parse_param_pairs, run_notebook
+
+    params = collect_parameters(parse_param_pairs(ctx.args), params_file)
+    result = run_notebook(notebook, out, parameters=params, timeout=timeout or None, overwrite=overwrite)
+    typer.echo(f"executed notebook: {result.notebook}")
+    typer.echo(f"html report: {result.html}")
+
+
+# --- demo: train (or reuse) the demo family, run the reports, write runs/demo/*.html ------
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", help="Where the HTML reports go.")] = Path("runs/demo"),
+    family_dir: Annotated[
+        Path, typer.Option("--family-dir", help="Where the demo checkpoint family is built or reused.")
+    ] = Path("data/families/demo"),
+    data_dir: Annotated[
+        Optional[Path], typer.Option("--data-dir", help="Evaluation data (default: $WORKBENCH_DATA_DIR, ../shared/data).")
+    ] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+) -> None:
+    """From nothing: build or reuse the demo family, run soup_report and layer_angles, write HTML."""
+    from workbench.demo import run_demo
+
+    report = run_demo(out, family_dir=family_dir, data_dir=data_dir, device=device)
+    typer.echo(f"report: {report}")
+
+
+# --- sweep: grids of (merge, evaluation) points, cached and resumable, local or on Ray -----
+
+
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (YAML): ingredients, recipe, axes, tasks.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory: results.parquet, items.parquet, points.json, log.jsonl.")],
+    backend: Annotated[str, typer.Option("--backend", help="local (one process) or ray (one Ray task per point).")] = "local",
+    ray_address: Annotated[
+        Optional[str], typer.Option("--ray-address", help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start one here).")
+    ] = None,
+    cache: Annotated[
+        Optional[Path], typer.Option("--cache", help="Results cache directory (default: $WORKBENCH_CACHE or data/cache/results).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
+) -> None:
+    """Merge and evaluate every point of SWEEP_FILE; points already in the cache are reused."""
+    from workbench.store import ResultStore
+    from workbench.sweep import run_sweep
+
+    result = run_sweep(sweep_file, out, backend=backend, ray_address=ray_address,  # type: ignore[arg-type]
+                       store=ResultStore(cache) if cache is not None else None, overwrite=overwrite)
+    n = len(result.points)
+    typer.echo(f"{n} points: {len(result.computed)} computed, {n - len(result.computed)} from the cache")
+    typer.echo(f"results: {out / 'results.parquet'} ({result.table.height} rows), items: {out / 'items.parquet'}")
+
+
+# --- compare: the claim check (baselines, paired statistics, verdict, figures) -------------
+
+
+@app.command(
+    "compare",
+    context_settings={"allow_extra_args": True},
+    epilog="Example: workbench compare --ingredients ckpt/a ckpt/b ckpt/c --recipe soup.yaml "
+    "--tasks blimp,arc_easy --limit 50 --out runs/claim",
+)
+@user_errors
+def compare_command(
+    ctx: typer.Context,
+    ingredients: Annotated[
+        list[str],
+        typer.Option("--ingredients", help="Ingredient checkpoints: --ingredients A B C (or repeat the option)."),
+    ],
+    recipe: Annotated[Path, typer.Option("--recipe", help="Merge recipe (mergekit YAML) whose claim is checked.")],
+    out: Annotated[Path, typer.Option("--out", help="Report directory (tables, figures, verdict.md).")],
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated tasks: blimp, arc_easy, wikitext, ...")] = "blimp",
+    data_dir: Annotated[
+        Optional[Path], typer.Option("--data-dir", help="Evaluation data (default: $WORKBENCH_DATA_DIR, else the Hub).")
+    ] = None,
+    limit: Annotated[Optional[float], typer.Option("--limit", help="Items per BLiMP paradigm / per task (or a fraction).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of subsampling, dev/test split and bootstrap.")] = 0,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when present).")] = None,
+    control: Annotated[
+        Optional[Path], typer.Option("--control", help="Optional control checkpoint (e.g. annealed or EMA, matched compute).")
+    ] = None,
+    curve_ts: Annotated[
+        str, typer.Option("--curve-ts", help="t grid of the LERP/SLERP interpolation curve, or 'none'.")
+    ] = "0,0.25,0.5,0.75,1",
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples (>= 2000 recommended).")] = 2000,
+    dev_fraction: Annotated[float, typer.Option("--dev-fraction", help="Share of items in the dev half.")] = 0.5,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation batch size.")] = 64,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
+) -> None:
+    """Check a merge's claim: evaluate it and fair baselines on the same items, write the verdict."""
+    from workbench.compare import run_panel, write_report
+
+    names = [p for item in list(ingredients) + list(ctx.args) for p in item.split(",") if p]
+    stray = [a for a in ctx.args if a.startswith("-")]
+    if stray:
+        raise WorkbenchError(f"compare: unknown option(s) {stray}")
+    if out.exists() and not overwrite:
+        raise WorkbenchError(f"output directory {out} already exists (pass --overwrite to replace it)")
+    if not recipe.is_file():
+        raise WorkbenchError(f"recipe file {recipe} does not exist")
+    if curve_ts.strip().lower() in ("", "none", "off"):
+        grid = None
+    else:
+        try:
+            grid = [float(x) for x in curve_ts.split(",") if x.strip()]
+        except ValueError:
+            raise WorkbenchError(f"--curve-ts: expected comma-separated numbers, got {curve_ts!r}") from None
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    panel = run_panel(
+        names, recipe, tasks, data_dir=data_dir, limit=limit, seed=seed, device=device, control=control,
+        curve_ts=grid, n_resamples=resamples, dev_fraction=dev_fraction, batch_size=batch_size,
+    )
+    path = write_report(panel, out, overwrite=overwrite)
+    for r in panel.comparisons.iter_rows(named=True):
+        if r["subject"] == "merge" and r["reference"] == "best_dev" and r["primary"]:
+            typer.echo(f"{r['task']}: merge vs best-on-dev ingredient {r['estimate'] * r['scale']:+.3g} {r['unit']} "
+                       f"(CI {r['low'] * r['scale']:+.3g} to {r['high'] * r['scale']:+.3g}): {r['call']}")
+    typer.echo(f"report: {path / 'verdict.md'}, {path / 'report.html'}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
