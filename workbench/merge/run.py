@@ -605,7 +605,8 @@ def merge_in_memory(
     linear/lerp/slerp/lerp_norm_restore stack same-shape tensors and merge each stack with one
     batched call; float32 ingredients are cached on the device (``WORKBENCH_MERGE_CACHE_MB``,
     default 2048) so a slider over t re-reads nothing. A tied ``lm_head.weight`` is left out
-    (``model_from_state_dict`` re-ties it). Results equal :func:`merge_to_disk`'s tensors.
+    (``model_from_state_dict`` re-ties it). Results equal :func:`merge_to_disk`'s tensors up to
+    float32 rounding (batched kernels sum in a different order).
     """
     dev = _device(device)
     plan = plan_merge(recipe, checkpoints=checkpoints, allow_extrapolation=allow_extrapolation)
