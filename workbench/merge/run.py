@@ -321,9 +321,13 @@ def plan_merge(
             have = ckpts[s.model].num_layers()
             if s.layer_range[0] < 0 or s.layer_range[1] > have:
                 raise WorkbenchError(f"recipe: layer_range {list(s.layer_range)} is outside the {have} layers of {s.model}")
+        base_here = sl.base_model or recipe.base_model
+        ref_src = next((s for s in sl.sources if s.model == base_here), sl.sources[0])
         for j in range(n_layers):
             position = j / (n_layers - 1) if n_layers > 1 else 1.0
             for tp in templates:
+                if tp.format(ref_src.layer_range[0] + j) not in ckpts[ref_src.model]:
+                    continue  # this layer of the reference has no such tensor
                 add_job(tp.format(out_layer), sl, [tp.format(s.layer_range[0] + j) for s in sl.sources], position)
             out_layer += 1
     for n in post:
