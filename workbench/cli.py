@@ -177,6 +177,9 @@ def sweep_command(
     cache: Annotated[
         Optional[Path], typer.Option("--cache", help="Results cache directory (default: $WORKBENCH_CACHE or data/cache/results).")
     ] = None,
+    ray_timeout: Annotated[
+        float, typer.Option("--ray-timeout", help="Seconds to wait for the Ray cluster to answer before giving up.")
+    ] = 60.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
 ) -> None:
     """Merge and evaluate every point of SWEEP_FILE; points already in the cache are reused."""
@@ -184,7 +187,8 @@ def sweep_command(
     from workbench.sweep import run_sweep
 
     result = run_sweep(sweep_file, out, backend=backend, ray_address=ray_address,  # type: ignore[arg-type]
-                       store=ResultStore(cache) if cache is not None else None, overwrite=overwrite)
+                       store=ResultStore(cache) if cache is not None else None, overwrite=overwrite,
+                       ray_timeout=ray_timeout)
     n = len(result.points)
     typer.echo(f"{n} points: {len(result.computed)} computed, {n - len(result.computed)} from the cache")
     typer.echo(f"results: {out / 'results.parquet'} ({result.table.height} rows), items: {out / 'items.parquet'}")

@@ -97,7 +97,7 @@ class SweepSpec(BaseModel):
     axes: dict[str, Any]
     mode: Literal["grid", "zip"] = "grid"
     tasks: list[str]
-    limit: int | None = Field(None, ge=1)
+    limit: float | None = Field(None, gt=0)
     seed: int = 0
     data_dir: str | None = None
     device: str | None = None
@@ -427,6 +427,7 @@ class Job:
     index: int
     recipe: dict[str, Any]
     fingerprint: str
+    tokenizer: str
     tasks: tuple[str, ...]
     data_dir: str | None
     limit: int | None
@@ -439,7 +440,8 @@ class _WorkerState:
     """Per-process cache: opened ingredients and tokenizers, loaded once and reused by every point.
 
     The local backend uses one (in the driver); each Ray worker process holds its own, so a
-    worker that runs several points opens each ingredient once.
+    worker that runs several points opens each ingredient once (the merge engine also keeps
+    their float32 tensors on the device between points).
     """
 
     def __init__(self) -> None:
@@ -456,6 +458,9 @@ class _WorkerState:
             self.opens += 1
         return self.checkpoints[path]
 
+    def checkpoints_for(self, recipe: Mapping[str, Any]) -> dict[str, Any]:
+        return {ref: self.checkpoint(ref) for ref in dict.fromkeys(_model_refs(recipe))}
+
     def tokenizer(self, path: str) -> Any:
         if path not in self.tokenizers:
             from workbench.checkpoints import load_tokenizer
@@ -465,13 +470,6 @@ class _WorkerState:
 
 
 _STATE = _WorkerState()
-
-
-def _tokenizer_source(recipe: Mapping[str, Any]) -> str:
-    src = recipe.get("tokenizer_source")
-    if isinstance(src, str) and src not in ("base", "union"):
-        return src
-    return str(recipe.get("base_model") or _model_refs(recipe)[0])
 
 
 def _default_device() -> str:
@@ -486,28 +484,21 @@ def compute_point(job: Job) -> dict[str, Any]:
     Ingredients and tokenizers come from this process's cache; nothing is written to disk.
     """
     from workbench.eval import evaluate
-    from workbench.merge import load_recipe, merged_model
+    from workbench.merge import merged_model
 
-    recipe = load_recipe(job.recipe)
-    checkpoints = {ref: _STATE.checkpoint(ref) for ref in dict.fromkeys(_model_refs(job.recipe))}
     device = job.device or _default_device()
-    model = merged_model(recipe, device=device, checkpoints=checkpoints)
-    tokenizer = _STATE.tokenizer(_tokenizer_source(job.recipe))
-    results = {}
-    for task in job.tasks:
-        results[task] = evaluate(
-            model, tokenizer, [task], **_eval_kwargs(job), device=device, progress=False
-        )
-    _STATE.points_run += 1
-    del model
-    return results
-
-
-def _eval_kwargs(job: Job) -> dict[str, Any]:
+    model = merged_model(job.recipe, device=device, checkpoints=_STATE.checkpoints_for(job.recipe))
+    tokenizer = _STATE.tokenizer(job.tokenizer)
     kwargs: dict[str, Any] = {"data_dir": job.data_dir, "limit": job.limit, "seed": job.seed}
     if job.batch_size is not None:
         kwargs["batch_size"] = job.batch_size
-    return kwargs
+    results = {}
+    for task in job.tasks:
+        results[task] = evaluate(model, tokenizer, [task], **kwargs, device=device, progress=False,
+                                 model_fingerprint=job.fingerprint)
+    _STATE.points_run += 1
+    del model
+    return results
 
 
 @dataclass
@@ -675,36 +666,86 @@ class _Plan:
     spec: SweepSpec
     points: list[Point]
     fingerprints: list[str]
-    settings: dict[str, Any]
+    tokenizers: list[str]
+    data_dir: str | None
     keys: dict[tuple[int, str], str]
 
 
-def _eval_settings(spec: SweepSpec) -> dict[str, Any]:
-    """Settings that change an evaluation's numbers, as the evaluation engine keys its cache."""
+def _tokenizer_sha256(tokenizer: Any) -> str:
+    """sha256 of a tokenizer's serialised form (vocabulary, merges, special tokens)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id)).encode())
+    return h.hexdigest()
+
+
+def _max_length(config: Mapping[str, Any], tokenizer: Any) -> int:
+    """The evaluation context length for a model with this config (the evaluation engine's rule)."""
+    from types import SimpleNamespace
+
+    from workbench.eval.tasks import resolve_max_length
+
+    cfg = dict(config)
+    if isinstance(cfg.get("text_config"), Mapping):
+        cfg["text_config"] = SimpleNamespace(**cfg["text_config"])
+    return resolve_max_length(SimpleNamespace(config=SimpleNamespace(**cfg)), tokenizer)
+
+
+def _data_dir(spec: SweepSpec) -> str | None:
     from workbench.eval.data import resolve_data_dir
 
-    data_dir = resolve_data_dir(spec.data_dir if spec.data_dir is None or Path(spec.data_dir).is_absolute()
-                                else str(Path(spec.root or ".") / spec.data_dir))
-    return {"data_dir": str(data_dir) if data_dir else None, "limit": spec.limit, "seed": spec.seed,
-            "batch_size": spec.batch_size}
+    given = spec.data_dir
+    if given is not None and not Path(given).expanduser().is_absolute():
+        given = str(Path(spec.root or ".") / given)
+    resolved = resolve_data_dir(given)
+    return str(resolved) if resolved is not None else None
 
 
-def plan(spec: SweepSpec, store: Any) -> _Plan:
-    """Expand and validate a sweep before any work: every point's recipe is loaded and its
-    ingredients opened and checked by the merge engine, and each (point, task) gets its key."""
-    from workbench.merge import load_recipe, recipe_fingerprint
+def plan(spec: SweepSpec) -> _Plan:
+    """Expand and check a sweep before any work.
+
+    Every point's recipe goes through the merge engine's planner (its errors, e.g. ingredients
+    of different architectures, name the file), gets its :func:`recipe_fingerprint`, and each
+    (point, task) its store key: ``ResultStore.key(fingerprint, task, settings)`` where the
+    settings are everything besides the weights that changes a number.
+    """
+    from workbench.merge import plan_merge, recipe_fingerprint
+    from workbench.store import ResultStore
+
+    from workbench.eval import parse_tasks
 
     points = expand(spec)
-    recipes = []
+    parse_tasks(spec.tasks)  # unknown task names fail here, before any work
+    data_dir = _data_dir(spec)
+    fingerprints, tokenizers, settings = [], [], []
+    tok_cache: dict[str, tuple[Any, str]] = {}
     for p in points:
+        checkpoints = _STATE.checkpoints_for(p.recipe)
         try:
-            recipes.append(load_recipe(p.recipe))
+            merge_plan = plan_merge(p.recipe, checkpoints=checkpoints)
         except WorkbenchError as err:
             raise WorkbenchError(f"point {p.index} ({p.label}): {err}") from None
-    fingerprints = [recipe_fingerprint(r) for r in recipes]
-    settings = _eval_settings(spec)
-    keys = {(p.index, task): store.key(fp, task, settings) for p, fp in zip(points, fingerprints) for task in spec.tasks}
-    return _Plan(spec, points, fingerprints, settings, keys)
+        fingerprints.append(recipe_fingerprint(merge_plan.recipe, checkpoints=merge_plan.checkpoints))
+        tok_path = str(merge_plan.checkpoints[merge_plan.tokenizer_source].path)
+        if tok_path not in tok_cache:
+            tok = _STATE.tokenizer(tok_path)
+            tok_cache[tok_path] = (tok, _tokenizer_sha256(tok))
+        tok, tok_sha = tok_cache[tok_path]
+        tokenizers.append(tok_path)
+        settings.append({
+            "data_source": data_dir or "hub", "limit": spec.limit, "seed": spec.seed,
+            "max_length": _max_length(merge_plan.config, tok), "tokenizer_sha256": tok_sha,
+            "arc_split": "validation", "wikitext_split": "test",
+        })
+    keys = {(p.index, task): ResultStore.key(fp, task, s)
+            for p, fp, s in zip(points, fingerprints, settings) for task in spec.tasks}
+    return _Plan(spec, points, fingerprints, tokenizers, data_dir, keys)
 
 
 def run_sweep(
@@ -739,7 +780,7 @@ def run_sweep(
     if ray_address and backend != "ray":
         raise WorkbenchError("--ray-address needs --backend ray")
     store = store if store is not None else ResultStore()
-    the_plan = plan(spec, store)
+    the_plan = plan(spec)
 
     results: dict[tuple[int, str], Any] = {}
     for key_id, key in the_plan.keys.items():
@@ -750,10 +791,10 @@ def run_sweep(
     if backend == "ray" and device is None:
         device = "cuda" if spec.resources.num_gpus > 0 else "cpu"
     jobs = []
-    for p, fp in zip(the_plan.points, the_plan.fingerprints):
+    for p, fp, tok in zip(the_plan.points, the_plan.fingerprints, the_plan.tokenizers):
         missing = tuple(t for t in spec.tasks if (p.index, t) not in results)
         if missing:
-            jobs.append(Job(p.index, p.recipe, fp, missing, the_plan.settings["data_dir"], spec.limit, spec.seed,
+            jobs.append(Job(p.index, p.recipe, fp, tok, missing, the_plan.data_dir, spec.limit, spec.seed,
                             spec.batch_size, device))
     log: dict[int, dict[str, Any]] = {
         p.index: {"point": p.index, "label": p.label, "status": "cached", "tasks_computed": [], "seconds": 0.0,
