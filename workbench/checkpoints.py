@@ -234,7 +234,14 @@ class _SafetensorsFile:
                 f"({size} bytes on disk, header describes {self.data_start + max_end})"
             )
         self._mmap: mmap.mmap | None = None
+        self._fd: int | None = None
         self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _map(self) -> mmap.mmap:
         with self._lock:
@@ -254,6 +261,32 @@ class _SafetensorsFile:
             buf = bytearray(mm[offset : offset + end - begin])
             return torch.frombuffer(buf, dtype=dtype).reshape(shape)
         return torch.frombuffer(mm, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=offset).reshape(shape)
+
+    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        """Read tensor ``name`` with ``os.preadv`` into ``out`` (a contiguous CPU tensor of
+        the same number of elements), converting the dtype when needed. No memory map."""
+        dtype, shape, begin, end = self.entries[name]
+        nbytes = end - begin
+        if nbytes == 0:
+            return out
+        if self._fd is None:
+            with self._lock:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDONLY)
+        if out.dtype == dtype:
+            target = out
+        else:
+            target = torch.empty(out.numel(), dtype=dtype)
+        mv = memoryview(target.view(torch.uint8).reshape(-1).numpy())
+        done, offset = 0, self.data_start + begin
+        while done < nbytes:
+            n = os.preadv(self._fd, [mv[done:nbytes]], offset + done)
+            if n <= 0:
+                raise WorkbenchError(f"{self.path}: unexpected end of file reading tensor {name!r}")
+            done += n
+        if target is not out:
+            out.copy_(target.reshape(out.shape))
+        return out
 
     def raw_bytes(self, name: str) -> memoryview:
         _, _, begin, end = self.entries[name]
@@ -312,6 +345,18 @@ class Checkpoint:
         if isinstance(src, _SafetensorsFile):
             return src.entries[real][0]
         return src[real].dtype
+
+    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
+        """Copy tensor ``name`` into the contiguous CPU tensor ``out`` (same number of
+        elements, any dtype) with plain file reads: no memory map, so reading a model
+        does not grow the process's resident memory."""
+        src = self._files[real := self._resolve(name)]
+        if out.numel() != self.numel(name):
+            raise ValueError(f"read_into: {name} has {self.numel(name)} elements, buffer has {out.numel()}")
+        if isinstance(src, _SafetensorsFile):
+            return src.read_into(real, out)
+        out.copy_(src[real].reshape(out.shape))
+        return out
 
     def numel(self, name: str) -> int:
         n = 1

@@ -359,6 +359,10 @@ def _check_finite(x: torch.Tensor, ck: Checkpoint, name: str) -> None:
     s = torch.sum(x, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     if torch.isfinite(s) or bool(torch.isfinite(x).all()):
         return
+    _raise_nonfinite(x, ck, name)
+
+
+def _raise_nonfinite(x: torch.Tensor, ck: Checkpoint, name: str) -> None:
     bad = "NaN" if bool(torch.isnan(x).any()) else "Inf"
     raise WorkbenchError(
         f"tensor {name!r} in {ck.file_of(name)} contains {bad} values "
@@ -412,19 +416,81 @@ def _apply(method: str, job: TensorJob, xs: list[torch.Tensor]) -> torch.Tensor:
     raise WorkbenchError(f"unknown merge method {method!r}")  # pragma: no cover
 
 
-def _run_job(plan: MergePlan, job: TensorJob, device: torch.device, allow_nonfinite: bool) -> torch.Tensor:
-    if job.copy:
-        m, n = job.inputs[job.base_index or 0]
-        return plan.checkpoints[m].get(n, device)
+#: methods whose result is a per-tensor linear combination of the inputs, with coefficients
+#: that depend only on the inputs' Gram matrix: one product gives norms and dots, one more the result
+GRAM_METHODS = ("linear", "lerp", "slerp", "lerp_norm_restore")
+
+
+def _gram_coefficients(method: str, jobs: list[TensorJob], g: torch.Tensor) -> torch.Tensor:
+    """Combination coefficients ``[B, M]`` (float64) for a batch of same-layout jobs."""
+    dev = g.device
+    if method == "linear":
+        w = torch.tensor([[p["weight"] for p in j.per_input] for j in jobs], dtype=torch.float64, device=dev)
+        if jobs[0].shared["normalize"]:
+            w = w / w.sum(1, keepdim=True)
+        return w
+    bi = jobs[0].base_index
+    oi = 1 - bi
+    t = torch.tensor([j.shared["t"] for j in jobs], dtype=torch.float64, device=dev)
+    if method == "lerp":
+        ca, cb = 1.0 - t, t
+    else:
+        geo = _sph.geometry_from_gram(g, bi, oi)
+        fn = _sph.slerp_coefficients if method == "slerp" else _sph.norm_restore_coefficients
+        ca, cb = fn(t, geo)
+    coef = torch.zeros(len(jobs), 2, dtype=torch.float64, device=dev)
+    coef[:, bi] = ca
+    coef[:, oi] = cb
+    return coef
+
+
+def _finite_gram(g: torch.Tensor, x: torch.Tensor, plan: MergePlan, jobs: list[TensorJob]) -> None:
+    """Raise on NaN/Inf: a non-finite input makes its squared norm on the Gram diagonal non-finite."""
+    diag = g.diagonal(dim1=-2, dim2=-1).reshape(len(jobs), -1)
+    if bool(torch.isfinite(diag).all()):
+        return
+    xb = x.reshape(len(jobs), diag.shape[1], -1)
+    for b, job in enumerate(jobs):
+        for m, (model, name) in enumerate(job.inputs):
+            if not bool(torch.isfinite(diag[b, m])):
+                row = xb[b, m, : _numel(job.shape)]
+                if not bool(torch.isfinite(row).all()):
+                    _raise_nonfinite(row, plan.checkpoints[model], name)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _round_to(x: torch.Tensor, dtype: torch.dtype | None) -> None:
+    """Emulate a recipe ``dtype`` narrower than the compute dtype (inputs cast, then computed)."""
+    if dtype is not None and dtype not in (torch.float32, torch.float64) and x.dtype != dtype:
+        x.copy_(x.to(dtype))
+
+
+def _read_inputs(plan: MergePlan, job: TensorJob, allow_nonfinite: bool) -> list[torch.Tensor]:
+    """Read one job's inputs with plain file reads (no memory map), in their stored dtype."""
     xs = []
     for m, n in job.inputs:
         ck = plan.checkpoints[m]
-        x = ck.get(n, device)
+        x = torch.empty(ck.shape(n), dtype=ck.dtype(n))
+        ck.read_into(n, x.reshape(-1))
         if not allow_nonfinite:
             _check_finite(x, ck, n)
-        if plan.in_dtype is not None and x.dtype != plan.in_dtype:
-            x = x.to(plan.in_dtype)
         xs.append(x)
+    return xs
+
+
+def _run_job(plan: MergePlan, job: TensorJob, device: torch.device, allow_nonfinite: bool) -> torch.Tensor:
+    xs = _read_inputs(plan, job, allow_nonfinite)
+    if job.copy:
+        return xs[job.base_index or 0].to(device)
+    xs = [x.to(device) for x in xs]
+    if plan.in_dtype is not None:
+        xs = [x.to(plan.in_dtype) for x in xs]
     return _apply(plan.recipe.merge_method, job, xs).to(job.out_dtype)
 
 
@@ -437,6 +503,13 @@ def _device(device: str | torch.device | None) -> torch.device:
     return d
 
 
+def _compute_dtype(plan: MergePlan, job: TensorJob) -> torch.dtype:
+    dts = [plan.checkpoints[m].dtype(n) for m, n in job.inputs]
+    if plan.in_dtype is not None:
+        return torch.float64 if plan.in_dtype == torch.float64 else torch.float32
+    return torch.float64 if any(d == torch.float64 for d in dts) else torch.float32
+
+
 # ----------------------------------------------------------------------------------------
 # to disk
 
@@ -447,6 +520,51 @@ def _merge_yaml(plan: MergePlan) -> str:
     head = [f"# written by workbench {__version__}: the recipe this model was merged from"]
     head += [f"# note: {n}" for n in plan.notes]
     return "\n".join(head) + "\n" + plan.recipe.to_yaml()
+
+
+class _GramStream:
+    """Disk-path executor for GRAM_METHODS: reusable read/result buffers, read-ahead thread.
+
+    Each job's M inputs are read with ``preadv`` straight into rows of a float32 buffer;
+    one ``X @ X.T`` gives norms and dots (and the NaN/Inf check), one ``coef @ X`` the result.
+    """
+
+    def __init__(self, plan: MergePlan, jobs: list[TensorJob], device: torch.device, allow_nonfinite: bool):
+        self.plan, self.device, self.allow_nonfinite = plan, device, allow_nonfinite
+        m = max(len(j.inputs) for j in jobs)
+        n = max(_numel(j.shape) for j in jobs)
+        self.x = [torch.empty((m, n), dtype=torch.float64 if any(_compute_dtype(plan, j) == torch.float64 for j in jobs)
+                              else torch.float32) for _ in range(2)]
+        if device.type != "cpu":
+            self.x = [x.pin_memory() for x in self.x] if torch.cuda.is_available() else self.x
+            self.xd = torch.empty_like(self.x[0], device=device)
+        self.out = [torch.empty(n, dtype=self.x[0].dtype) for _ in range(3)]
+
+    def read(self, job: TensorJob, slot: int) -> torch.Tensor:
+        n = _numel(job.shape)
+        x = self.x[slot][: len(job.inputs)]
+        for i, (m, name) in enumerate(job.inputs):
+            self.plan.checkpoints[m].read_into(name, x[i, :n])
+        xv = x[:, :n]
+        _round_to(xv, self.plan.in_dtype)
+        return xv
+
+    def compute(self, job: TensorJob, xv: torch.Tensor, slot: int) -> torch.Tensor:
+        n = xv.shape[1]
+        if self.device.type != "cpu":
+            xd = self.xd[: xv.shape[0], :n]
+            xd.copy_(xv, non_blocking=True)
+            xv = xd
+        g = _sph.gram(xv)
+        if not self.allow_nonfinite:
+            _finite_gram(g.unsqueeze(0), xv.unsqueeze(0), self.plan, [job])
+        coef = _gram_coefficients(self.plan.recipe.merge_method, [job], g.unsqueeze(0))[0]
+        if self.device.type != "cpu":
+            res = _sph.combine(coef, xv).to("cpu")
+        else:
+            res = _sph.combine(coef, xv, out=self.out[slot][:n])
+        res = res.reshape(job.shape)
+        return res if job.out_dtype == res.dtype else res.to(job.out_dtype)
 
 
 def merge_to_disk(
@@ -465,9 +583,16 @@ def merge_to_disk(
 
     Writes (atomically) sharded safetensors (+ index when more than one shard), the base's
     ``config.json`` (layer count and dtype updated), the tokenizer files and
-    ``workbench_merge.yaml`` (the recipe). Memory stays bounded by a few tensors.
-    Non-float tensors are copied from the base and reported in ``workbench_merge.yaml``.
+    ``workbench_merge.yaml`` (the recipe). Inputs are read with plain file reads into a few
+    reusable buffers (no memory maps), one tensor ahead of the math, and results are written
+    by a second thread: memory stays bounded by a few of the largest tensor, whatever the
+    model size. Non-float tensors are copied from the base and reported in
+    ``workbench_merge.yaml``.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
     dev = _device(device)
     out = Path(out_dir)
     plan = plan_merge(recipe, checkpoints=checkpoints, allow_extrapolation=allow_extrapolation)
@@ -475,15 +600,16 @@ def merge_to_disk(
     for ck in plan.checkpoints.values():
         if target == ck.path or target in ck.path.parents:
             raise WorkbenchError(f"output directory {out} would overwrite input model {ck.path}")
-    from tqdm.auto import tqdm
+    method = plan.recipe.merge_method
+    fast = [j for j in plan.jobs if method in GRAM_METHODS and not j.copy]
+    stream = _GramStream(plan, fast, dev, allow_nonfinite) if fast else None
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         writer = SafetensorsWriter(
             tmp, [(j.name, j.out_dtype, j.shape) for j in plan.jobs], max_shard_bytes=max_shard_bytes,
-            metadata={"workbench_merge_method": plan.recipe.merge_method},
+            metadata={"workbench_merge_method": method},
         )
-        # One writer thread overlaps file writes with the next tensor's math.
-        q: queue.Queue = queue.Queue(maxsize=2)
+        q: queue.Queue = queue.Queue(maxsize=1)
         failure: list[BaseException] = []
 
         def drain() -> None:
@@ -498,14 +624,32 @@ def merge_to_disk(
                 except BaseException as err:  # pragma: no cover - disk full etc.
                     failure.append(err)
 
+        def load(k: int):
+            job = plan.jobs[k]
+            if stream is not None and method in GRAM_METHODS and not job.copy:
+                return stream.read(job, k % 2)
+            return None
+
         th = threading.Thread(target=drain, daemon=True)
         th.start()
+        pool = ThreadPoolExecutor(max_workers=1)
         try:
-            for job in tqdm(plan.jobs, desc="merge", unit="tensor", disable=not progress, leave=False):
+            pending = pool.submit(load, 0) if plan.jobs else None
+            bar = tqdm(plan.jobs, desc="merge", unit="tensor", disable=not progress, leave=False)
+            for k, job in enumerate(bar):
                 if failure:
                     break
-                q.put((job.name, _run_job(plan, job, dev, allow_nonfinite)))
+                xv = pending.result()
+                # read the next job into the other buffer (slot (k+1) % 2) while computing this one
+                if k + 1 < len(plan.jobs):
+                    pending = pool.submit(load, k + 1)
+                if xv is not None:
+                    res = stream.compute(job, xv, k % 3)
+                else:
+                    res = _run_job(plan, job, dev, allow_nonfinite)
+                q.put((job.name, res))
         finally:
+            pool.shutdown(wait=True)
             q.put(None)
             th.join()
         if failure:
@@ -525,10 +669,11 @@ def merge_to_disk(
 
 
 class _Cache:
-    """Float32 ingredient tensors on a device, LRU-bounded by bytes."""
+    """Float32 ingredient stacks (and their Gram matrices) on a device, LRU-bounded by bytes."""
 
     def __init__(self) -> None:
-        self.items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.items: OrderedDict[tuple, Any] = OrderedDict()
+        self.sizes: dict[tuple, int] = {}
         self.bytes = 0
         self.lock = threading.Lock()
 
@@ -536,27 +681,30 @@ class _Cache:
     def limit(self) -> int:
         return int(float(os.environ.get("WORKBENCH_MERGE_CACHE_MB", "2048")) * 1024**2)
 
-    def get(self, key: tuple) -> torch.Tensor | None:
+    def get(self, key: tuple) -> Any:
         with self.lock:
-            t = self.items.get(key)
-            if t is not None:
+            v = self.items.get(key)
+            if v is not None:
                 self.items.move_to_end(key)
-            return t
+            return v
 
-    def put(self, key: tuple, t: torch.Tensor) -> None:
-        size = t.numel() * t.element_size()
+    def put(self, key: tuple, value: Any, size: int) -> None:
         if size > self.limit:
             return
         with self.lock:
-            self.items[key] = t
+            if key in self.items:
+                self.bytes -= self.sizes[key]
+            self.items[key] = value
+            self.sizes[key] = size
             self.bytes += size
             while self.bytes > self.limit and self.items:
-                _, old = self.items.popitem(last=False)
-                self.bytes -= old.numel() * old.element_size()
+                old, _ = self.items.popitem(last=False)
+                self.bytes -= self.sizes.pop(old)
 
     def clear(self) -> None:
         with self.lock:
             self.items.clear()
+            self.sizes.clear()
             self.bytes = 0
 
 
@@ -574,25 +722,33 @@ def _ck_key(ck: Checkpoint) -> tuple:
     return (str(ck.path), _stat_key(ck))
 
 
-def _stacked(plan: MergePlan, model: str, names: tuple[str, ...], dev: torch.device, dtype: torch.dtype,
-             allow_nonfinite: bool) -> torch.Tensor:
-    ck = plan.checkpoints[model]
-    key = (_ck_key(ck), str(dev), names, dtype)
+def _load_stack(plan: MergePlan, jobs: list[TensorJob], dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, M, N]`` stack of the jobs' inputs (job b, input m), read with plain file reads."""
+    n = _numel(jobs[0].shape)
+    m = len(jobs[0].inputs)
+    host = torch.empty((len(jobs), m, n), dtype=dtype)
+    for b, job in enumerate(jobs):
+        for i, (model, name) in enumerate(job.inputs):
+            plan.checkpoints[model].read_into(name, host[b, i])
+    _round_to(host, plan.in_dtype)
+    return host if dev.type == "cpu" else host.to(dev)
+
+
+def _group_inputs(plan: MergePlan, jobs: list[TensorJob], dev: torch.device, dtype: torch.dtype,
+                  allow_nonfinite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (
+        tuple(_ck_key(plan.checkpoints[m]) for m, _ in jobs[0].inputs),
+        str(dev), tuple(tuple(n for _, n in j.inputs) for j in jobs), dtype, plan.in_dtype,
+    )
     hit = _INGREDIENTS.get(key)
     if hit is not None:
         return hit
-    first = ck.shape(names[0])
-    out = torch.empty((len(names), *first), dtype=dtype, device=dev)
-    for i, n in enumerate(names):
-        x = ck.get(n)
-        if not allow_nonfinite:
-            _check_finite(x, ck, n)
-        out[i].copy_(x)
-    _INGREDIENTS.put(key, out)
-    return out
-
-
-_BATCHED = ("linear", "lerp", "slerp", "lerp_norm_restore")
+    x = _load_stack(plan, jobs, dev, dtype)
+    g = _sph.gram(x)
+    if not allow_nonfinite:
+        _finite_gram(g, x, plan, jobs)
+    _INGREDIENTS.put(key, (x, g), x.numel() * x.element_size())
+    return x, g
 
 
 def merge_in_memory(
@@ -607,11 +763,14 @@ def merge_in_memory(
     """Merge into a state dict on ``device`` (no disk round trip).
 
     linear/lerp/slerp/lerp_norm_restore stack same-shape tensors and merge each stack with one
-    batched call; float32 ingredients are cached on the device (``WORKBENCH_MERGE_CACHE_MB``,
-    default 2048) so a slider over t re-reads nothing. A tied ``lm_head.weight`` is left out
+    batched product; the float32 stacks and their Gram matrices are cached on the device
+    (``WORKBENCH_MERGE_CACHE_MB``, default 2048), so a slider over t re-reads nothing and
+    costs one pass over the weights. A tied ``lm_head.weight`` is left out
     (``model_from_state_dict`` re-ties it). Results equal :func:`merge_to_disk`'s tensors up to
     float32 rounding (batched kernels sum in a different order).
     """
+    from tqdm.auto import tqdm
+
     dev = _device(device)
     plan = plan_merge(recipe, checkpoints=checkpoints, allow_extrapolation=allow_extrapolation)
     method = plan.recipe.merge_method
@@ -619,48 +778,21 @@ def merge_in_memory(
     groups: "OrderedDict[tuple, list[TensorJob]]" = OrderedDict()
     singles: list[TensorJob] = []
     for job in plan.jobs:
-        if job.copy or method not in _BATCHED:
+        if job.copy or method not in GRAM_METHODS:
             singles.append(job)
             continue
         models = tuple(m for m, _ in job.inputs)
-        in_dt = tuple(plan.checkpoints[m].dtype(n) for m, n in job.inputs)
-        extra = (job.shared.get("normalize"),) if method == "linear" else ()
-        key = (job.shape, models, job.base_index, in_dt, job.out_dtype, extra)
+        key = (job.shape, models, job.base_index, _compute_dtype(plan, job), job.out_dtype)
         groups.setdefault(key, []).append(job)
-
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=len(plan.jobs), desc="merge", unit="tensor", disable=not progress, leave=False)
     for key, jobs in groups.items():
-        models = key[1]
-        cdt = torch.float64 if any(d == torch.float64 for d in key[3]) else torch.float32
-        if plan.in_dtype is not None:
-            cdt = torch.float64 if plan.in_dtype == torch.float64 else torch.float32
-        stacks = [
-            _stacked(plan, m, tuple(j.inputs[i][1] for j in jobs), dev, cdt, allow_nonfinite)
-            for i, m in enumerate(models)
-        ]
-        if plan.in_dtype is not None and plan.in_dtype not in (torch.float32, torch.float64):
-            stacks = [s.to(plan.in_dtype).to(cdt) for s in stacks]
-        if method == "linear":
-            w = torch.tensor([[p["weight"] for p in j.per_input] for j in jobs], dtype=cdt, device=dev)
-            shape = (len(jobs),) + (1,) * (stacks[0].dim() - 1)
-            res = torch.zeros_like(stacks[0])
-            for i, s in enumerate(stacks):
-                res.add_(s * w[:, i].reshape(shape))
-            if jobs[0].shared["normalize"]:
-                res.div_(w.sum(1).reshape(shape))
-        else:
-            bi = key[2]
-            a, b = stacks[bi], stacks[1 - bi]
-            t = torch.tensor([j.shared["t"] for j in jobs], dtype=torch.float64, device=dev)
-            if method == "lerp":
-                res = _lin.lerp_batched(t, a, b)
-            elif method == "slerp":
-                res = _sph.slerp_batched(t, a, b)
-            else:
-                res = _sph.lerp_norm_restore_batched(t, a, b)
-        res = res.to(jobs[0].out_dtype)
+        x, g = _group_inputs(plan, jobs, dev, key[3], allow_nonfinite)
+        coef = _gram_coefficients(method, jobs, g)
+        res = _sph.combine(coef, x)
+        res = res.reshape((len(jobs), *key[0]))
+        if res.dtype != key[4]:
+            res = res.to(key[4])
         for i, j in enumerate(jobs):
             out[j.name] = res[i]
         bar.update(len(jobs))
@@ -669,13 +801,10 @@ def merge_in_memory(
             m, n = job.inputs[job.base_index or 0]
             out[job.name] = plan.checkpoints[m].get(n).clone().to(dev)
         else:
-            xs = []
-            for m, n in job.inputs:
-                x = _stacked(plan, m, (n,), dev, torch.float32 if plan.checkpoints[m].dtype(n) != torch.float64
-                             else torch.float64, allow_nonfinite)[0]
-                if plan.in_dtype is not None and x.dtype != plan.in_dtype:
-                    x = x.to(plan.in_dtype)
-                xs.append(x)
+            x, _ = _group_inputs(plan, [job], dev, _compute_dtype(plan, job), allow_nonfinite)
+            xs = list(x[0].reshape(len(job.inputs), *job.shape).unbind(0))
+            if plan.in_dtype is not None:
+                xs = [t.to(plan.in_dtype) for t in xs]
             out[job.name] = _apply(method, job, xs).to(job.out_dtype)
         bar.update(1)
     bar.close()

@@ -26,6 +26,11 @@ __all__ = [
     "DOT_THRESHOLD",
     "SlerpGeometry",
     "chained_slerp",
+    "combine",
+    "geometry_from_gram",
+    "gram",
+    "norm_restore_coefficients",
+    "slerp_coefficients",
     "karcher",
     "lerp_norm_restore",
     "lerp_norm_restore_batched",
@@ -49,8 +54,42 @@ class SlerpGeometry(NamedTuple):
     fallback: torch.Tensor  # bool: |cos| > threshold, LERP is used
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """Inner products of the rows of ``x``: ``[M, N] -> [M, M]`` or ``[B, M, N] -> [B, M, M]``.
+
+    One matrix product reads every input once and yields all norms and dot products
+    (float32 products, float64 result; float64 inputs stay float64).
+
+    >>> import torch
+    >>> gram(torch.tensor([[3.0, 0.0], [1.0, 1.0]]))
+    tensor([[9., 3.],
+            [3., 2.]], dtype=torch.float64)
+    """
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if xf.dim() == 2:
+        # one matrix-vector product per column: much faster than a [M, N] x [N, M] GEMM
+        return torch.stack([torch.mv(xf, xf[j]) for j in range(xf.shape[0])], dim=1).double()
+    return torch.stack([gram(xb) for xb in xf.unbind(0)]) if xf.shape[0] else xf.new_zeros(0, xf.shape[1], xf.shape[1]).double()
+
+
+def geometry_from_gram(
+    g: torch.Tensor, i: int = 0, j: int = 1, *, dot_threshold: float = DOT_THRESHOLD, eps: float = EPS
+) -> SlerpGeometry:
+    """SLERP geometry of rows ``i`` and ``j`` from a batch of Gram matrices ``[B, M, M]``."""
+    if g.dim() == 2:
+        g = g.unsqueeze(0)
+    na = g[:, i, i].clamp_min(0).sqrt()
+    nb = g[:, j, j].clamp_min(0).sqrt()
+    sa = torch.where(na > eps, na, torch.ones_like(na))
+    sb = torch.where(nb > eps, nb, torch.ones_like(nb))
+    cos = (g[:, i, j] / (sa * sb)).clamp(-1.0, 1.0)
+    return SlerpGeometry(na, nb, cos, cos.abs() > dot_threshold)
+
+
+def _pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Stack two ``[B, ...]`` tensors into ``[B, 2, N]`` (compute dtype)."""
+    dt = compute_dtype(a)
+    return torch.stack([a.reshape(a.shape[0], -1).to(dt), b.reshape(b.shape[0], -1).to(dt)], dim=1)
 
 
 def slerp_geometry(
@@ -63,21 +102,11 @@ def slerp_geometry(
     >>> round(g.norm_a.item(), 4), round(g.cos.item(), 4), bool(g.fallback.item())
     (3.0, 0.7071, False)
     """
-    dt = compute_dtype(a)
-    x, y = _rows(a).to(dt), _rows(b).to(dt)
-    na = torch.linalg.vector_norm(x, dim=1).double()
-    nb = torch.linalg.vector_norm(y, dim=1).double()
-    if x.shape[0] == 1:
-        raw = torch.dot(x[0], y[0]).reshape(1).double()
-    else:
-        raw = torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).reshape(-1).double()
-    sa = torch.where(na > eps, na, torch.ones_like(na))
-    sb = torch.where(nb > eps, nb, torch.ones_like(nb))
-    cos = (raw / (sa * sb)).clamp(-1.0, 1.0)
-    return SlerpGeometry(na, nb, cos, cos.abs() > dot_threshold)
+    return geometry_from_gram(gram(_pairs(a, b)), dot_threshold=dot_threshold, eps=eps)
 
 
-def _coefficients(t: torch.Tensor, g: SlerpGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+def slerp_coefficients(t: torch.Tensor, g: SlerpGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """SLERP's coefficients ``(sin((1-t)θ)/sin θ, sin(tθ)/sin θ)``, or ``(1-t, t)`` on fallback."""
     t = t.double()
     theta = torch.acos(torch.where(g.fallback, torch.zeros_like(g.cos), g.cos))
     s = torch.sin(theta)
@@ -87,20 +116,43 @@ def _coefficients(t: torch.Tensor, g: SlerpGeometry) -> tuple[torch.Tensor, torc
     return ca, cb
 
 
+def norm_restore_coefficients(t: torch.Tensor, g: SlerpGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """LERP's coefficients scaled by |SLERP| / |LERP| (the lerp_norm_restore control)."""
+    t = t.double()
+    f = _norm_factor(t, g)
+    return (1.0 - t) * f, t * f
+
+
 def _as_rows_t(t: float | torch.Tensor, n: int, device) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
-        return t.reshape(-1).to(device=device, dtype=torch.float64).expand(n) if t.numel() == 1 else t.to(device=device, dtype=torch.float64)
+        t = t.to(device=device, dtype=torch.float64).reshape(-1)
+        return t.expand(n) if t.numel() == 1 else t
     return torch.full((n,), float(t), dtype=torch.float64, device=device)
 
 
-def _combine(ca: torch.Tensor, a: torch.Tensor, cb: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    dt = compute_dtype(a)
-    shape = (-1,) + (1,) * (a.dim() - 1)
-    if a.shape[0] == 1:
-        out = a.to(dt) * float(ca[0])
-        out.add_(b.to(dt), alpha=float(cb[0]))
-        return out
-    return a.to(dt) * ca.to(dt).reshape(shape) + b.to(dt) * cb.to(dt).reshape(shape)
+def combine(coef: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Row-wise linear combinations ``sum_m coef[b, m] * x[b, m, :]`` as one batched product.
+
+    ``coef`` is ``[B, M]`` (or ``[M]`` with ``x`` ``[M, N]``); the result is ``[B, N]`` (``[N]``).
+
+    >>> import torch
+    >>> combine(torch.tensor([0.5, 2.0]), torch.tensor([[2.0, 4.0], [1.0, 0.0]]))
+    tensor([3., 2.])
+    """
+    c = coef.to(x.dtype)
+    if x.dim() == 2:
+        r = torch.mm(c.reshape(1, -1), x, out=None if out is None else out.reshape(1, -1))
+        return r.reshape(-1)
+    r = torch.bmm(c.unsqueeze(1), x, out=None if out is None else out.unsqueeze(1))
+    return r.squeeze(1)
+
+
+def _coefficients(t: torch.Tensor, g: SlerpGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    return slerp_coefficients(t, g)
+
+
+def _two(coef_a: torch.Tensor, coef_b: torch.Tensor) -> torch.Tensor:
+    return torch.stack([coef_a, coef_b], dim=1)
 
 
 def slerp_batched(
@@ -120,9 +172,10 @@ def slerp_batched(
     tensor([[1., 0.],
             [1., 1.]])
     """
-    g = slerp_geometry(a, b, dot_threshold=dot_threshold, eps=eps)
-    ca, cb = _coefficients(_as_rows_t(t, a.shape[0], g.cos.device), g)
-    return _combine(ca, a, cb, b)
+    x = _pairs(a, b)
+    g = geometry_from_gram(gram(x), dot_threshold=dot_threshold, eps=eps)
+    ca, cb = slerp_coefficients(_as_rows_t(t, a.shape[0], g.cos.device), g)
+    return combine(_two(ca, cb), x).reshape(a.shape)
 
 
 def slerp(
@@ -151,7 +204,7 @@ def slerp(
 
 
 def _norm_factor(t: torch.Tensor, g: SlerpGeometry) -> torch.Tensor:
-    ca, cb = _coefficients(t, g)
+    ca, cb = slerp_coefficients(t, g)
     dot = g.cos * torch.where(g.norm_a > EPS, g.norm_a, torch.ones_like(g.norm_a)) * torch.where(
         g.norm_b > EPS, g.norm_b, torch.ones_like(g.norm_b)
     )
@@ -174,10 +227,10 @@ def norm_factor(t: float | torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> to
 
 def lerp_norm_restore_batched(t: float | torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """LERP of each row pair, rescaled to the norm SLERP would give (float result)."""
-    g = slerp_geometry(a, b)
-    tt = _as_rows_t(t, a.shape[0], g.cos.device)
-    f = _norm_factor(tt, g)
-    return _combine((1 - tt) * f, a, tt * f, b)
+    x = _pairs(a, b)
+    g = geometry_from_gram(gram(x))
+    ca, cb = norm_restore_coefficients(_as_rows_t(t, a.shape[0], g.cos.device), g)
+    return combine(_two(ca, cb), x).reshape(a.shape)
 
 
 def lerp_norm_restore(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
