@@ -325,6 +325,26 @@ def t_slider_figure(
     return fig
 
 
+def curve_slider_figure(curve: pl.DataFrame, *, split: str = "all") -> go.Figure:
+    """:func:`t_slider_figure` of a claim-check interpolation curve (:attr:`workbench.compare.Panel.curve`).
+
+    One line per (task, metric, method) on the ``split`` rows; the slider walks the t grid.
+
+    >>> c = pl.DataFrame({"method": ["lerp"] * 2, "task": ["blimp"] * 2, "metric": ["acc"] * 2,
+    ...                   "split": ["all"] * 2, "t": [0.0, 1.0], "value": [0.6, 0.7]})
+    >>> [tr.name for tr in curve_slider_figure(c).data][:1]
+    ['blimp acc (lerp)']
+    """
+    sub = curve.filter(pl.col("split") == split) if "split" in curve.columns else curve
+    table = sub.select(
+        pl.col("t").cast(pl.Float64),
+        pl.concat_str([pl.col("task"), pl.lit(" "), pl.col("metric"), pl.lit(" ("), pl.col("method"), pl.lit(")")]).alias("task"),
+        pl.col("value").cast(pl.Float64),
+    )
+    return t_slider_figure(table, None, metric_label="metric",
+                           title="Interpolation curve (precomputed t grid; drag the slider)")
+
+
 def _value_at(sub: pl.DataFrame, t: float) -> float | None:
     hit = sub.filter((pl.col("t") - t).abs() < 1e-12)["value"]
     return float(hit[0]) if len(hit) else None
