@@ -262,10 +262,12 @@ class _SafetensorsFile:
             return torch.frombuffer(buf, dtype=dtype).reshape(shape)
         return torch.frombuffer(mm, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=offset).reshape(shape)
 
-    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
-        """Read tensor ``name`` with ``os.preadv`` into ``out`` (a contiguous CPU tensor of
-        the same number of elements), converting the dtype when needed. No memory map."""
+    def read_into(self, name: str, out: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Read ``out.numel()`` elements of tensor ``name`` from flat index ``start`` with
+        ``os.preadv`` into ``out`` (contiguous CPU), converting the dtype when needed."""
         dtype, shape, begin, end = self.entries[name]
+        begin += start * dtype.itemsize
+        end = begin + out.numel() * dtype.itemsize
         nbytes = end - begin
         if nbytes == 0:
             return out
@@ -346,16 +348,16 @@ class Checkpoint:
             return src.entries[real][0]
         return src[real].dtype
 
-    def read_into(self, name: str, out: torch.Tensor) -> torch.Tensor:
-        """Copy tensor ``name`` into the contiguous CPU tensor ``out`` (same number of
-        elements, any dtype) with plain file reads: no memory map, so reading a model
-        does not grow the process's resident memory."""
+    def read_into(self, name: str, out: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Copy elements ``start .. start + out.numel()`` of the flattened tensor ``name`` into
+        the contiguous CPU tensor ``out`` (any dtype) with plain file reads: no memory map,
+        so reading a model does not grow the process's resident memory."""
         src = self._files[real := self._resolve(name)]
-        if out.numel() != self.numel(name):
-            raise ValueError(f"read_into: {name} has {self.numel(name)} elements, buffer has {out.numel()}")
+        if start < 0 or start + out.numel() > self.numel(name):
+            raise ValueError(f"read_into: {name} has {self.numel(name)} elements, asked {start}+{out.numel()}")
         if isinstance(src, _SafetensorsFile):
-            return src.read_into(real, out)
-        out.copy_(src[real].reshape(out.shape))
+            return src.read_into(real, out, start)
+        out.copy_(src[real].reshape(-1)[start : start + out.numel()].reshape(out.shape))
         return out
 
     def numel(self, name: str) -> int:
@@ -602,6 +604,7 @@ class SafetensorsWriter:
         self._pos = 0
         self._fh = None
         self._cur = -1
+        self._written = 0
         self.total_bytes = 0
 
     def _open(self, si: int) -> None:
@@ -613,19 +616,37 @@ class SafetensorsWriter:
         self._cur = si
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        si, (want, dtype, shape) = self._order[self._pos]
-        if name != want or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+        """Write the whole tensor ``name`` (the next one in plan order)."""
+        _, (want, dtype, shape) = self._order[self._pos]
+        if name != want or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape) or self._written:
             raise RuntimeError(f"writer expected {want} {dtype} {shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
+        self.add_part(name, tensor)
+
+    def add_part(self, name: str, part: torch.Tensor) -> None:
+        """Write the next consecutive elements of tensor ``name`` (flattened order)."""
+        si, (want, dtype, shape) = self._order[self._pos]
+        if name != want or part.dtype != dtype:
+            raise RuntimeError(f"writer expected {want} {dtype}, got {name} {part.dtype}")
+        n = 1
+        for s in shape:
+            n *= s
+        expected = n * dtype.itemsize
         if si != self._cur:
             self._open(si)
-        t = tensor.detach()
+        t = part.detach()
         if t.device.type != "cpu":
             t = t.cpu()
         t = t.contiguous()
-        if t.numel():
+        nbytes = t.numel() * t.element_size()
+        if self._written + nbytes > expected:
+            raise RuntimeError(f"writer: too many bytes for {name}")
+        if nbytes:
             self._fh.write(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
-        self.total_bytes += t.numel() * t.element_size()
-        self._pos += 1
+        self._written += nbytes
+        if self._written == expected:
+            self.total_bytes += expected
+            self._written = 0
+            self._pos += 1
 
     def close(self) -> list[str]:
         if self._pos != len(self._order):

@@ -522,48 +522,83 @@ def _merge_yaml(plan: MergePlan) -> str:
     return "\n".join(head) + "\n" + plan.recipe.to_yaml()
 
 
-class _GramStream:
-    """Disk-path executor for GRAM_METHODS: reusable read/result buffers, read-ahead thread.
+#: elements per input row held in the disk path's buffers; larger tensors are streamed in
+#: chunks (one pass for the Gram matrix, one for the result), so memory does not grow with them
+CHUNK_ELEMENTS = 1 << 21
 
-    Each job's M inputs are read with ``preadv`` straight into rows of a float32 buffer;
-    one ``X @ X.T`` gives norms and dots (and the NaN/Inf check), one ``coef @ X`` the result.
+
+class _GramStream:
+    """Disk-path executor for GRAM_METHODS with bounded, reusable buffers.
+
+    Each unit reads the M inputs' elements ``start:stop`` with ``preadv`` straight into the
+    rows of a float32 buffer (two buffers: the next unit is read while this one computes).
+    A tensor that fits one chunk is merged at once: ``X X^T`` gives norms and dots (and the
+    NaN/Inf check), ``coef @ X`` the result. Larger tensors take two passes over chunks.
     """
 
     def __init__(self, plan: MergePlan, jobs: list[TensorJob], device: torch.device, allow_nonfinite: bool):
         self.plan, self.device, self.allow_nonfinite = plan, device, allow_nonfinite
+        self.method = plan.recipe.merge_method
         m = max(len(j.inputs) for j in jobs)
-        n = max(_numel(j.shape) for j in jobs)
-        self.x = [torch.empty((m, n), dtype=torch.float64 if any(_compute_dtype(plan, j) == torch.float64 for j in jobs)
-                              else torch.float32) for _ in range(2)]
+        self.chunk = max(1, min(max(_numel(j.shape) for j in jobs), CHUNK_ELEMENTS))
+        dt = torch.float64 if any(_compute_dtype(plan, j) == torch.float64 for j in jobs) else torch.float32
+        self.x = [torch.empty((m, self.chunk), dtype=dt) for _ in range(2)]
         if device.type != "cpu":
-            self.x = [x.pin_memory() for x in self.x] if torch.cuda.is_available() else self.x
-            self.xd = torch.empty_like(self.x[0], device=device)
-        self.out = [torch.empty(n, dtype=self.x[0].dtype) for _ in range(3)]
+            self.xd = [torch.empty_like(self.x[0], device=device) for _ in range(2)]
+        self.out = [torch.empty(self.chunk, dtype=dt) for _ in range(3)]
+        self.g: torch.Tensor | None = None
+        self.coef: torch.Tensor | None = None
 
-    def read(self, job: TensorJob, slot: int) -> torch.Tensor:
+    def units(self, job: TensorJob) -> list[tuple[str, int, int]]:
         n = _numel(job.shape)
+        if n <= self.chunk:
+            return [("full", 0, n)]
+        spans = [(s, min(n, s + self.chunk)) for s in range(0, n, self.chunk)]
+        return [("gram", a, b) for a, b in spans] + [("emit", a, b) for a, b in spans]
+
+    def read(self, job: TensorJob, start: int, stop: int, slot: int) -> torch.Tensor:
+        n = stop - start
         x = self.x[slot][: len(job.inputs)]
         for i, (m, name) in enumerate(job.inputs):
-            self.plan.checkpoints[m].read_into(name, x[i, :n])
+            self.plan.checkpoints[m].read_into(name, x[i, :n], start)
         xv = x[:, :n]
         _round_to(xv, self.plan.in_dtype)
+        if self.device.type != "cpu":
+            xd = self.xd[slot][: xv.shape[0], :n]
+            xd.copy_(xv)
+            if xd.is_cuda:
+                torch.cuda.current_stream().synchronize()
+            xv = xd
         return xv
 
-    def compute(self, job: TensorJob, xv: torch.Tensor, slot: int) -> torch.Tensor:
+    def _finish_gram(self, job: TensorJob, g: torch.Tensor) -> None:
+        if not self.allow_nonfinite:
+            diag = g.diagonal()
+            for i, (m, name) in enumerate(job.inputs):
+                if not bool(torch.isfinite(diag[i])):
+                    ck = self.plan.checkpoints[m]
+                    x = ck.get(name)
+                    if not bool(torch.isfinite(x).all()):
+                        _raise_nonfinite(x, ck, name)
+        self.coef = _gram_coefficients(self.method, [job], g.unsqueeze(0))[0]
+
+    def process(self, job: TensorJob, kind: str, start: int, xv: torch.Tensor, slot: int) -> torch.Tensor | None:
+        """Handle one unit; returns the result part to write, or None (Gram pass)."""
+        if kind in ("full", "gram"):
+            g = _sph.gram(xv)
+            self.g = g if (kind == "full" or start == 0) else self.g + g
+            if kind == "gram":
+                return None
+            self._finish_gram(job, self.g)
+        elif start == 0:
+            self._finish_gram(job, self.g)
         n = xv.shape[1]
         if self.device.type != "cpu":
-            xd = self.xd[: xv.shape[0], :n]
-            xd.copy_(xv, non_blocking=True)
-            xv = xd
-        g = _sph.gram(xv)
-        if not self.allow_nonfinite:
-            _finite_gram(g.unsqueeze(0), xv.unsqueeze(0), self.plan, [job])
-        coef = _gram_coefficients(self.plan.recipe.merge_method, [job], g.unsqueeze(0))[0]
-        if self.device.type != "cpu":
-            res = _sph.combine(coef, xv).to("cpu")
+            res = _sph.combine(self.coef, xv).to("cpu")
         else:
-            res = _sph.combine(coef, xv, out=self.out[slot][:n])
-        res = res.reshape(job.shape)
+            res = _sph.combine(self.coef, xv, out=self.out[slot][:n])
+        if kind == "full":
+            res = res.reshape(job.shape)
         return res if job.out_dtype == res.dtype else res.to(job.out_dtype)
 
 
@@ -620,38 +655,50 @@ def merge_to_disk(
                 if failure:
                     continue
                 try:
-                    writer.add(*item)
+                    writer.add_part(*item)
                 except BaseException as err:  # pragma: no cover - disk full etc.
                     failure.append(err)
 
+        # work units: a whole tensor, or chunks of a large one (Gram pass, then result pass)
+        units: list[tuple[TensorJob, str, int, int]] = []
+        for job in plan.jobs:
+            if stream is not None and not job.copy:
+                units += [(job, kind, a, b) for kind, a, b in stream.units(job)]
+            else:
+                units.append((job, "generic", 0, 0))
+
         def load(k: int):
-            job = plan.jobs[k]
-            if stream is not None and method in GRAM_METHODS and not job.copy:
-                return stream.read(job, k % 2)
-            return None
+            job, kind, a, b = units[k]
+            return None if kind == "generic" else stream.read(job, a, b, k % 2)
 
         th = threading.Thread(target=drain, daemon=True)
         th.start()
         pool = ThreadPoolExecutor(max_workers=1)
+        bar = tqdm(total=len(plan.jobs), desc="merge", unit="tensor", disable=not progress, leave=False)
         try:
-            pending = pool.submit(load, 0) if plan.jobs else None
-            bar = tqdm(plan.jobs, desc="merge", unit="tensor", disable=not progress, leave=False)
-            for k, job in enumerate(bar):
+            pending = pool.submit(load, 0) if units else None
+            emitted = 0  # result buffers rotate over emitted parts: 3 buffers, at most 2 with the writer
+            for k, (job, kind, a, b) in enumerate(units):
                 if failure:
                     break
                 xv = pending.result()
-                # read the next job into the other buffer (slot (k+1) % 2) while computing this one
-                if k + 1 < len(plan.jobs):
+                # read the next unit into the other buffer (slot (k+1) % 2) while this one computes
+                if k + 1 < len(units):
                     pending = pool.submit(load, k + 1)
-                if xv is not None:
-                    res = stream.compute(job, xv, k % 3)
-                else:
+                if kind == "generic":
                     res = _run_job(plan, job, dev, allow_nonfinite)
-                q.put((job.name, res))
+                else:
+                    res = stream.process(job, kind, a, xv, emitted % 3)
+                if res is not None:
+                    q.put((job.name, res))
+                    emitted += 1
+                if kind in ("generic", "full") or (kind == "emit" and b == _numel(job.shape)):
+                    bar.update(1)
         finally:
             pool.shutdown(wait=True)
             q.put(None)
             th.join()
+            bar.close()
         if failure:
             raise WorkbenchError(f"{out}: writing the merged tensors failed ({failure[0]})")
         writer.close()
