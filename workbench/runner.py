@@ -174,7 +174,7 @@ def strip_widget_state(nb: Any) -> Any:
             data = output.get("data")
             if data and "application/vnd.jupyter.widget-view+json" in data:
                 data.pop("application/vnd.jupyter.widget-view+json")
-                data.setdefault("text/plain", "(live widget: open the notebook in JupyterLab)")
+                data["text/plain"] = "(live widget: open the notebook in JupyterLab to use it)"
     return nb
 
 

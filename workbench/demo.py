@@ -1,0 +1,115 @@
+"""``workbench demo``: from nothing to a shareable report.
+
+1. Build the factory's ``demo`` checkpoint family into ``data/families/demo`` (git-ignored),
+   or reuse it when it is already there (:func:`workbench.factory.train_family` resumes or
+   returns at once for a complete family of the same recipe and corpus).
+2. Run ``notebooks/soup_report.ipynb`` on the trajectory checkpoints (the uniform soup of
+   the last checkpoints, judged against the annealed run as control) and
+   ``notebooks/layer_angles.ipynb`` on the siblings and an independent run.
+3. Write ``runs/demo/{soup_report,layer_angles}.{html,ipynb}`` and an ``index.html``
+   (atomically; a previous demo output is replaced) and return the report's path.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import WorkbenchError
+
+#: Evaluation settings of the demo report (items per BLiMP paradigm / ARC stratum).
+DEMO_TASKS = ["blimp", "arc_easy"]
+DEMO_SUBSAMPLE = 20
+DEMO_T_GRID = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def notebooks_dir() -> Path:
+    """The repository's ``notebooks/`` folder (next to the package, else under the working directory)."""
+    for candidate in (Path(__file__).resolve().parents[1] / "notebooks", Path.cwd() / "notebooks"):
+        if (candidate / "soup_report.ipynb").is_file():
+            return candidate
+    raise WorkbenchError("notebooks/soup_report.ipynb not found: run the demo from the repository checkout")
+
+
+def demo_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """Evaluation and corpus data: the argument, ``$WORKBENCH_DATA_DIR``, ``<repo>/../shared/data``, else None (Hub)."""
+    from workbench.factory import default_data_dir
+
+    path = default_data_dir(data_dir)
+    if path is not None and not Path(path).is_dir():
+        raise WorkbenchError(f"{path}: data directory not found")
+    return Path(path).absolute() if path is not None else None
+
+
+def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
+                    subsample: int | None = DEMO_SUBSAMPLE) -> dict[str, dict[str, Any]]:
+    """Notebook name -> papermill parameters for a family (see the module docstring)."""
+    if len(family.trajectory) < 2:
+        raise WorkbenchError(f"{family.root}: the demo needs at least two trajectory checkpoints")
+    angle_models = [*family.siblings, *family.independent[:1]]
+    if len(angle_models) < 2:
+        angle_models = list(family.trajectory[-2:])
+    dd = str(data_dir) if data_dir is not None else None
+    return {
+        "soup_report": {
+            "models": [str(p) for p in family.trajectory],
+            "control": str(family.annealed) if family.annealed is not None else None,
+            "tasks": DEMO_TASKS, "t_grid": DEMO_T_GRID, "subsample": subsample, "seed": 0,
+            "device": device or "cpu", "data_dir": dd,
+        },
+        "layer_angles": {"models": [str(p) for p in angle_models], "t": 0.5},
+    }
+
+
+def _index_html(entries: list[tuple[str, str, str]], took_s: float) -> str:
+    rows = "\n".join(
+        f'<li><a href="{html.escape(f)}">{html.escape(title)}</a>: {html.escape(text)}</li>' for f, title, text in entries
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>workbench demo</title></head>"
+        "<body style='font-family: sans-serif; max-width: 50em; margin: 2em auto'>"
+        "<h1>workbench demo</h1><ul>\n" + rows + f"\n</ul><p>Built in {took_s:.0f} s. Every page works offline.</p>"
+        "</body></html>\n"
+    )
+
+
+def run_demo(
+    out: str | os.PathLike = "runs/demo",
+    *,
+    family_dir: str | os.PathLike = "data/families/demo",
+    data_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    subsample: int | None = DEMO_SUBSAMPLE,
+    progress: bool = True,
+    preset: str = "demo",
+) -> Path:
+    """Build or reuse the demo family, run the two report notebooks, write ``out``; return the report path."""
+    from workbench.checkpoints import atomic_output_dir
+    from workbench.factory import train_family
+    from workbench.runner import run_notebook
+
+    start = time.perf_counter()
+    nb_dir = notebooks_dir()
+    data = demo_data_dir(data_dir)
+    family = train_family(preset, family_dir, data_dir=data, device=device, progress=progress)
+    params = demo_parameters(family, data, device, subsample)
+    out_path = Path(out)
+    with atomic_output_dir(out_path, overwrite=True) as tmp:
+        tmp = Path(tmp)
+        for name, p in params.items():
+            res = run_notebook(nb_dir / f"{name}.ipynb", tmp / f".{name}", parameters=p, progress=progress)
+            for f in (res.html, res.notebook):
+                shutil.move(str(tmp / f".{name}" / f.name), str(tmp / f.name))
+            shutil.rmtree(tmp / f".{name}")
+        entries = [
+            ("soup_report.html", "Soup report",
+             "is the uniform soup of the trajectory checkpoints better? baselines, paired statistics, "
+             "interpolation curve, verdict"),
+            ("layer_angles.html", "Layer angles", "angles, norms, SLERP norm factor and fallback share, per layer"),
+        ]
+        (tmp / "index.html").write_text(_index_html(entries, time.perf_counter() - start), encoding="utf-8")
+    return (out_path / "soup_report.html").absolute()
