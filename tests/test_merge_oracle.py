@@ -199,3 +199,18 @@ def test_sharded_output_loads_in_transformers(models, tmp_path):
     model = load_model(out)
     sd = model.state_dict()
     assert all(torch.allclose(sd[n], ours[n], atol=TOL, rtol=0) for n in ours)
+
+
+def test_merge_in_memory_into_a_loaded_model(models):
+    recipe = _fill(RECIPES["slerp"], models)
+    model = merged_model(recipe)
+    ids = torch.tensor([[1, 7, 30, 2]])
+    with torch.no_grad():
+        at_035 = model(input_ids=ids).logits
+    moved = {**recipe, "parameters": {"t": 0.8}}
+    merge_in_memory(moved, out=model.state_dict())
+    with torch.no_grad():
+        at_08 = model(input_ids=ids).logits
+        fresh = merged_model(moved)(input_ids=ids).logits
+    assert not torch.allclose(at_035, at_08)
+    assert torch.allclose(at_08, fresh, atol=1e-6, rtol=0)

@@ -806,6 +806,7 @@ def merge_in_memory(
     allow_nonfinite: bool = False,
     allow_extrapolation: bool = False,
     progress: bool = False,
+    out: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Merge into a state dict on ``device`` (no disk round trip).
 
@@ -815,13 +816,21 @@ def merge_in_memory(
     costs one pass over the weights. A tied ``lm_head.weight`` is left out
     (``model_from_state_dict`` re-ties it). Results equal :func:`merge_to_disk`'s tensors up to
     float32 rounding (batched kernels sum in a different order).
+
+    ``out``: existing tensors (e.g. ``model.state_dict()``) to write the results into, in place,
+    instead of allocating new ones; the fastest way to move a loaded model along a slider.
     """
     from tqdm.auto import tqdm
 
     dev = _device(device)
     plan = plan_merge(recipe, checkpoints=checkpoints, allow_extrapolation=allow_extrapolation)
     method = plan.recipe.merge_method
-    out: dict[str, torch.Tensor] = {}
+    into = dict(out) if out is not None else {}
+    for j in plan.jobs:
+        if j.name in into and (tuple(into[j.name].shape) != j.shape or into[j.name].device != dev):
+            raise WorkbenchError(f"out[{j.name!r}] has shape {tuple(into[j.name].shape)} on {into[j.name].device}, "
+                                 f"expected {j.shape} on {dev}")
+    out = {}
     groups: "OrderedDict[tuple, list[TensorJob]]" = OrderedDict()
     singles: list[TensorJob] = []
     for job in plan.jobs:
@@ -836,6 +845,13 @@ def merge_in_memory(
     for key, jobs in groups.items():
         x, g = _group_inputs(plan, jobs, dev, key[3], allow_nonfinite)
         coef = _gram_coefficients(method, jobs, g)
+        if all(j.name in into and into[j.name].is_contiguous() and into[j.name].dtype == x.dtype for j in jobs):
+            with torch.no_grad():
+                for i, j in enumerate(jobs):
+                    _sph.combine(coef[i], x[i], out=into[j.name].reshape(-1))
+                    out[j.name] = into[j.name]
+            bar.update(len(jobs))
+            continue
         res = _sph.combine(coef, x)
         res = res.reshape((len(jobs), *key[0]))
         if res.dtype != key[4]:
@@ -855,6 +871,11 @@ def merge_in_memory(
             out[job.name] = _apply(method, job, xs).to(job.out_dtype)
         bar.update(1)
     bar.close()
+    with torch.no_grad():
+        for name, t in into.items():
+            if name in out and out[name] is not t:
+                t.copy_(out[name])
+                out[name] = t
     return {j.name: out[j.name] for j in plan.jobs}
 
 
