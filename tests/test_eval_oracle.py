@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_model import build_tiny_model  # noqa: E402
@@ -30,6 +31,15 @@ lm_eval = pytest.importorskip("lm_eval")
 PARADIGMS = ("adjunct_island", "determiner_noun_agreement_2", "principle_A_c_command")
 WIKI_DOCS = ("0", "1", "2")
 LL_TOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: the tiny model gains nothing from more, and shared CI cores stay free."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

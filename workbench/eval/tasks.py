@@ -3,7 +3,10 @@
 Conventions follow lm-evaluation-harness 0.4.13 (see the design notes, "Scoring
 conventions"):
 
-- BLiMP: empty context, so the context is the prefix token (BOS, else EOS) and the
+- BLiMP: the ``field`` column spells the data's two variants of the syntax-semantics
+  field ("syntax/semantics", "syntax_semantics") one way, giving BLiMP's 4 fields, and
+  the ``term`` column files the two "s-selection" paradigms under "argument_structure"
+  as the published BLiMP summary does, giving its 12 phenomena; empty context, so the context is the prefix token (BOS, else EOS) and the
   continuation is ``" " + sentence`` encoded without special tokens; a pair is correct
   when ll(good) >= ll(bad) (an exact tie counts as correct, as lm-eval's argmax takes
   the first choice); the tie rate is reported.
@@ -43,6 +46,8 @@ from workbench.eval.result import EvalResult, items_frame
 from workbench.eval.scoring import model_device, score_requests
 
 KNOWN_TASKS: tuple[str, ...] = ("blimp", "arc_easy", "wikitext", "text")
+#: linguistics_term spellings mapped to the 12 phenomena of the BLiMP paper's summary
+BLIMP_TERM_ALIASES = {"s-selection": "argument_structure"}
 _TOKENIZER_INFINITY = 1000000000000000019884624838656
 DEFAULT_MAX_LENGTH = 2048
 DEFAULT_BATCH_SIZE = 64
@@ -106,6 +111,18 @@ class _Tok:
     def encode(self, strings: Sequence[str], add_special_tokens: bool | None) -> list[list[int]]:
         """Encode many strings. ``None`` means the tokenizer's default, except that a
         string already starting with the prefix token's text gets no special tokens."""
+        # long documents are split into windows later: silence the "longer than the
+        # maximum sequence length" warning while encoding
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return self._encode(strings, add_special_tokens)
+        finally:
+            hf_logging.set_verbosity(level)
+
+    def _encode(self, strings: Sequence[str], add_special_tokens: bool | None) -> list[list[int]]:
         if not strings:
             return []
         if add_special_tokens is not None:
@@ -307,7 +324,8 @@ def run_blimp(ctx: _Ctx, task: str, data_dir, limit, seed, item_ids) -> EvalResu
     tie = good == bad
     items = items_frame({
         "task": [task] * n, "item_id": ids, "group": [p["UID"] for p in pairs],
-        "field": [p["field"] for p in pairs], "term": [p["linguistics_term"] for p in pairs],
+        "field": [p["field"].replace("/", "_") for p in pairs],
+        "term": [BLIMP_TERM_ALIASES.get(p["linguistics_term"], p["linguistics_term"]) for p in pairs],
         "correct": correct.tolist(), "tie": tie.tolist(), "margin": (good - bad).tolist(),
         "loglik": good.tolist(), "loglik_alt": bad.tolist(), "n_tokens": res.n_tokens[:n].tolist(),
     })

@@ -1,0 +1,120 @@
+"""Benchmark: full BLiMP (67 paradigms x 1000 pairs) with workbench vs lm-eval 0.4.13.
+
+Both run end to end as command-line programs in the same run, on the same small model
+(2-layer Llama, byte-level BPE tokenizer that adds BOS, made by tests/_eval_model.py),
+with the same number of torch threads. lm-eval reads the local BLiMP files through task
+YAMLs that include its own BLiMP template (``--include_path``, offline). Reports wall
+times, the speed-up, and whether every per-pair decision is identical.
+
+    .venv/bin/python benchmarks/bench_eval.py [--data-dir ../shared/data] [--threads 1]
+        [--lm-eval-batch-size 64] [--batch-size 256] [--paradigms N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("WORKBENCH_DATA_DIR", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "eval")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", default="64,512", help="workbench batch sizes (comma-separated)")
+    ap.add_argument("--lm-eval-batch-size", default="64")
+    ap.add_argument("--paradigms", type=int, default=67, help="first N paradigms (67 = full BLiMP)")
+    args = ap.parse_args()
+
+    from _eval_model import build_tiny_model
+
+    import lm_eval
+
+    from workbench.eval.data import BLIMP_PARADIGMS
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = build_tiny_model(work / "model", args.data_dir)
+    paradigms = BLIMP_PARADIGMS[: args.paradigms]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "WORKBENCH_CACHE": str(work / "cache")}
+
+    # workbench: CLI end to end, cache off, at each batch size
+    tasks = "blimp" if len(paradigms) == 67 else ",".join(f"blimp_{p}" for p in paradigms)
+    t_wb = {}
+    cmds_wb = []
+    for bs in [int(x) for x in str(args.batch_size).split(",")]:
+        wb_out = work / f"workbench_out_bs{bs}"
+        cmd_wb = [str(ROOT / ".venv" / "bin" / "workbench"), "eval", str(model_dir), "--tasks", tasks, "--data-dir",
+                  str(args.data_dir), "--batch-size", str(bs), "--device", "cpu", "--no-cache",
+                  "--out", str(wb_out), "--overwrite"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd_wb, env=env, check=True, stderr=subprocess.DEVNULL)
+        t_wb[bs] = time.perf_counter() - t0
+        cmds_wb.append(" ".join(cmd_wb))
+
+    # lm-eval: CLI end to end on local copies of its BLiMP task definitions
+    tdir = work / "lm_eval_tasks"
+    tdir.mkdir(exist_ok=True)
+    tmpl = Path(lm_eval.__file__).parent / "tasks" / "blimp" / "_template_yaml"
+    names = []
+    for uid in paradigms:
+        (tdir / f"wbb_{uid}.yaml").write_text(
+            f"include: {tmpl}\ntask: wbb_{uid}\ndataset_path: json\n"
+            f"dataset_kwargs:\n  data_files:\n    train: {args.data_dir}/blimp/{uid}.jsonl\n")
+        names.append(f"wbb_{uid}")
+    lm_out = work / "lm_eval_out"
+    cmd_lm = [str(ROOT / ".venv" / "bin" / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={model_dir}",
+              "--tasks", ",".join(names), "--include_path", str(tdir), "--batch_size", str(args.lm_eval_batch_size),
+              "--device", "cpu", "--log_samples", "--output_path", str(lm_out)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd_lm, env=env, check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    t_lm = time.perf_counter() - t0
+
+    # compare decisions pair by pair
+    import polars as pl
+
+    ours = pl.read_parquet(wb_out / "items.parquet")  # last batch size; all are checked equal below
+    for bs in t_wb:
+        other = pl.read_parquet(work / f"workbench_out_bs{bs}" / "items.parquet")
+        assert other["correct"].to_list() == ours["correct"].to_list(), f"batch size {bs} changed a decision"
+    ours_map = {r["item_id"]: (r["correct"], r["loglik"], r["loglik_alt"]) for r in ours.iter_rows(named=True)}
+    n = same = 0
+    max_dll = 0.0
+    for uid in paradigms:
+        files = sorted(glob.glob(str(lm_out / "**" / f"samples_wbb_{uid}_*.jsonl"), recursive=True))
+        with open(files[-1], encoding="utf-8") as fh:
+            for line in fh:
+                s = json.loads(line)
+                good, bad = (float(x[0]) for x in s["filtered_resps"])
+                c, lg, lb = ours_map[f"{uid}/{s['doc']['pairID']}"]
+                n += 1
+                same += int(c == bool(s["acc"]))
+                max_dll = max(max_dll, abs(lg - good), abs(lb - bad))
+    report = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {args.threads}",
+        "pairs": n, "identical_decisions": same, "max_abs_loglik_diff": max_dll,
+        "lm_eval_batch_size": args.lm_eval_batch_size, "lm_eval_s": round(t_lm, 1),
+        "workbench_s": {bs: round(t, 1) for bs, t in t_wb.items()},
+        "speedup": {bs: round(t_lm / t, 2) for bs, t in t_wb.items()},
+        "workbench_cmds": cmds_wb, "lm_eval_cmd": " ".join(cmd_lm),
+    }
+    print(json.dumps(report, indent=2))
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
