@@ -17,3 +17,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"reference data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_family(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A checkpoint family trained once per session with the ``tiny`` preset (a few seconds to a minute).
+
+    Set ``WORKBENCH_TEST_CACHE`` to a directory to keep the family between sessions: it is stored
+    there under a name keyed by the family's identity (recipe, corpus contents, trainer version).
+    Returns a :class:`workbench.factory.Family`.
+    """
+    from workbench.factory import family_id, train_family
+
+    cache = os.environ.get("WORKBENCH_TEST_CACHE")
+    if cache:
+        out = Path(cache) / f"tiny-family-{family_id('tiny', data_dir=shared_data)[:16]}"
+    else:
+        out = tmp_path_factory.mktemp("tiny_family") / "family"
+    return train_family("tiny", out, data_dir=shared_data, progress=False)

@@ -316,6 +316,63 @@ def compare_command(
     typer.echo(f"report: {path / 'verdict.md'}, {path / 'report.html'}")
 
 
+# --- train: tokenizer + small Llama checkpoint families (workbench.factory) ----------------
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True},
+    epilog="Examples: workbench train --preset tiny runs/tiny;  workbench train my.yaml runs/fam --corpus 'texts/*.txt'",
+)
+@user_errors
+def train_command(
+    ctx: typer.Context,
+    recipe: Annotated[
+        Optional[str], typer.Argument(help="Training recipe YAML (omit it when --preset is given).", show_default=False)
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Argument(help="Family directory (created; an interrupted build resumes).", show_default=False)
+    ] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="Built-in recipe: tiny or demo.")] = None,
+    corpus: Annotated[
+        Optional[list[str]],
+        typer.Option("--corpus", help="Text files or quoted globs (repeat, or comma-separate); default: the recipe's corpus."),
+    ] = None,
+    data_dir: Annotated[
+        Optional[Path], typer.Option("--data-dir", help="Data directory for the recipe's relative corpus (else $WORKBENCH_DATA_DIR, else ../shared/data).")
+    ] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a checkpoint family (trajectory, siblings, independent runs, annealed control, held-out text)."""
+    from workbench.factory import train_family
+
+    if preset is not None:
+        if recipe is not None and out_dir is not None:
+            raise WorkbenchError("train: with --preset give only OUT_DIR (repeat --corpus for several files)")
+        recipe, out_dir = preset, Path(recipe) if recipe is not None else None
+        if preset not in ("tiny", "demo"):
+            raise WorkbenchError(f"train: unknown preset {preset!r} (tiny, demo)")
+    if recipe is None or out_dir is None:
+        raise WorkbenchError("train: give RECIPE.yaml OUT_DIR, or --preset tiny|demo OUT_DIR")
+    if preset is None and not Path(recipe).is_file():
+        raise WorkbenchError(f"training recipe {recipe} does not exist (use --preset tiny|demo for the presets)")
+    stray = [a for a in ctx.args if a.startswith("-")]
+    if stray:
+        raise WorkbenchError(f"train: unknown option(s) {stray}")
+    files = [p for item in list(corpus or []) + list(ctx.args) for p in item.split(",") if p]
+    if ctx.args and not corpus:
+        raise WorkbenchError(f"train: unexpected argument(s) {ctx.args}")
+    fam = train_family(recipe, out_dir, corpus=files or None, device=device, progress=not quiet, data_dir=data_dir)
+    build = fam.info.get("build", {})
+    typer.echo(
+        f"family {fam.recipe.name!r}: {len(fam.trajectory)} trajectory, {len(fam.siblings)} siblings, "
+        f"{len(fam.independent)} independent, annealed {'yes' if fam.annealed else 'no'}; "
+        f"{fam.info.get('n_params', 0):,} parameters; built in {build.get('seconds', 0)} s on {build.get('device', '?')}"
+    )
+    typer.echo(str(fam.root))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
