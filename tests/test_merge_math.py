@@ -204,3 +204,18 @@ def test_simple_recipe_defaults(two_models):
     assert t["model.layers.1.self_attn.v_proj.weight"] == 0.3 and t["model.norm.weight"] == 0.5
     r = simple_recipe("ties", [a, b], base_model=a, density=0.4)
     assert r.models[1].parameters == {"weight": 1.0} and r.parameters == {"density": 0.4}
+
+
+def test_chained_slerp_and_lerp_norm_restore_recipes(two_models, tmp_path):
+    from workbench.checkpoints import open_checkpoint
+    from workbench.merge import merge_in_memory
+
+    a, b = two_models
+    c = str(write_random_llama(tmp_path / "c", seed=2, hidden_size=16, num_layers=5, vocab_size=32, tokenizer=False))
+    cks = [open_checkpoint(p) for p in (a, b, c)]
+    name = "model.layers.2.mlp.up_proj.weight"
+    chained = merge_in_memory(simple_recipe("chained_slerp", [a, b, c]))
+    want = chained_slerp([ck.get(name) for ck in cks], [1 / 2, 1 / 3])
+    assert torch.allclose(chained[name], want, atol=1e-6)
+    lnr = merge_in_memory(simple_recipe("lerp_norm_restore", [a, b], t=0.3))
+    assert torch.allclose(lnr[name], lerp_norm_restore(0.3, cks[0].get(name), cks[1].get(name)), atol=1e-6)
