@@ -139,12 +139,38 @@ def _hub_dataset(path: str, name: str | None, split: str):  # pragma: no cover -
 # --- BLiMP ------------------------------------------------------------------------------
 
 
+_BLIMP_MEMO: dict[tuple, list[dict]] = {}
+
+
 def load_blimp(data_dir: Path | None, paradigms: tuple[str, ...] | list[str] | None = None) -> list[dict]:
-    """All minimal pairs of the given BLiMP paradigms (default: all 67), in file order."""
+    """All minimal pairs of the given BLiMP paradigms (default: all 67), in file order.
+
+    Records read from a data directory are kept for the process (keyed by the files' sizes
+    and modification times), so repeated evaluations (sweeps, panels, widgets) parse the
+    67 files once; each call returns a new list of the same read-only records.
+    """
     paradigms = tuple(paradigms) if paradigms is not None else BLIMP_PARADIGMS
     unknown = [p for p in paradigms if p not in BLIMP_PARADIGMS]
     if unknown:
         raise WorkbenchError(f"unknown BLiMP paradigm(s): {', '.join(unknown)}")
+    if data_dir is None:
+        return _read_blimp(None, paradigms)
+    stats = []
+    for uid in paradigms:
+        try:
+            st = os.stat(Path(data_dir) / "blimp" / f"{uid}.jsonl")
+        except OSError:
+            return _read_blimp(data_dir, paradigms)  # the reader names the missing file
+        stats.append((st.st_size, st.st_mtime_ns))
+    key = (str(Path(data_dir).resolve()), paradigms, tuple(stats))
+    if key not in _BLIMP_MEMO:
+        if len(_BLIMP_MEMO) >= 4:
+            _BLIMP_MEMO.pop(next(iter(_BLIMP_MEMO)))
+        _BLIMP_MEMO[key] = _read_blimp(data_dir, paradigms)
+    return list(_BLIMP_MEMO[key])
+
+
+def _read_blimp(data_dir: Path | None, paradigms: tuple[str, ...]) -> list[dict]:
     out: list[dict] = []
     for uid in paradigms:
         if data_dir is not None:

@@ -90,6 +90,11 @@ def parse_tasks(tasks: str | Iterable[str]) -> list[str]:
 # --- tokenizer conventions -------------------------------------------------------------
 
 
+#: Encodings kept per process (see :meth:`_Tok.encode`); the oldest go past this many strings.
+_ENCODED: dict[tuple, list[tuple[int, ...]]] = {}
+_ENCODED_MAX_STRINGS = 1_000_000
+
+
 class _Tok:
     """The tokenizer calls lm-eval's HF model makes, batched."""
 
@@ -110,17 +115,32 @@ class _Tok:
 
     def encode(self, strings: Sequence[str], add_special_tokens: bool | None) -> list[list[int]]:
         """Encode many strings. ``None`` means the tokenizer's default, except that a
-        string already starting with the prefix token's text gets no special tokens."""
-        # long documents are split into windows later: silence the "longer than the
-        # maximum sequence length" warning while encoding
-        from transformers.utils import logging as hf_logging
+        string already starting with the prefix token's text gets no special tokens.
 
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            return self._encode(strings, add_special_tokens)
-        finally:
-            hf_logging.set_verbosity(level)
+        Encodings are kept for the process, keyed by the tokenizer's fingerprint, the flag
+        and the strings, so evaluating many models with one tokenizer (sweeps, panels,
+        widgets) tokenises each data set once.
+        """
+        if not strings:
+            return []
+        digest = hashlib.sha256("\x1f".join(strings).encode("utf-8", "surrogatepass")).hexdigest()
+        key = (self.fingerprint(), add_special_tokens, len(strings), digest)
+        hit = _ENCODED.get(key)
+        if hit is None:
+            # long documents are split into windows later: silence the "longer than the
+            # maximum sequence length" warning while encoding
+            from transformers.utils import logging as hf_logging
+
+            level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                hit = [tuple(e) for e in self._encode(strings, add_special_tokens)]
+            finally:
+                hf_logging.set_verbosity(level)
+            _ENCODED[key] = hit
+            while sum(len(v) for v in _ENCODED.values()) > _ENCODED_MAX_STRINGS and len(_ENCODED) > 1:
+                _ENCODED.pop(next(iter(_ENCODED)))
+        return [list(e) for e in hit]
 
     def _encode(self, strings: Sequence[str], add_special_tokens: bool | None) -> list[list[int]]:
         if not strings:
@@ -147,6 +167,11 @@ class _Tok:
 
     def fingerprint(self) -> str:
         """sha256 of the tokenizer's serialised form (vocabulary, merges, special tokens)."""
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
         h = hashlib.sha256()
         backend = getattr(self.tk, "backend_tokenizer", None) or getattr(self.tk, "_tokenizer", None)
         if backend is not None and hasattr(backend, "to_str"):
