@@ -534,7 +534,10 @@ def _load_bin(path: Path, first: Path) -> dict[str, Any]:
     for fname in shard_names:
         fp = path / fname
         try:
-            state = torch.load(fp, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(fp, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+                state = torch.load(fp, map_location="cpu", weights_only=True)
         except Exception as err:
             raise WorkbenchError(f"{fp}: cannot load with weights_only=True ({err})") from None
         if not isinstance(state, dict):
