@@ -28,6 +28,17 @@ def build_tiny_model(out_dir: Path, shared_data: Path, *, vocab_size: int = 2048
     if (out_dir / "done.json").is_file():
         return out_dir
     import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains fastest on one thread, and shared cores stay free
+    try:
+        return _build(out_dir, shared_data, vocab_size, max_len, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out_dir: Path, shared_data: Path, vocab_size: int, max_len: int, steps: int, seed: int) -> Path:
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -88,18 +87,18 @@ def _write_task_yamls(d: Path, shared_data: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shared_data, model_and_tok):
     """lm-eval's results and per-sample log for the same model."""
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     d = tmp_path_factory.mktemp("lm_eval_tasks")
     names = _write_task_yamls(d, shared_data)
     model, tok = model_and_tok
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=64)
-    out = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_path=str(d)),
-                                  log_samples=True)
-    return out
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=256)
+        return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_path=str(d)),
+                                       log_samples=True)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,7 @@ def ours(shared_data, model_and_tok):
 
     model, tok = model_and_tok
     tasks = [f"blimp_{p}" for p in PARADIGMS] + ["arc_easy", "wikitext"]
-    return evaluate(model, tok, tasks, data_dir=shared_data, batch_size=64, progress=False,
+    return evaluate(model, tok, tasks, data_dir=shared_data, batch_size=256, progress=False,
                     item_ids={"wikitext": WIKI_DOCS})
 
 
