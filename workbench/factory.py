@@ -771,6 +771,7 @@ class _Trainer:
             leave=False,
         )
         t0, done_tokens = time.perf_counter(), 0
+        pending: list = []
         try:
             while step < run.end_step:
                 idx = torch.tensor(batch_order(run.data_seed, step, B, n_blocks))
@@ -778,22 +779,25 @@ class _Trainer:
                 lr = run.lr_fn(step)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                out = model(input_ids=batch, labels=batch)
-                loss = out.loss
-                if not torch.isfinite(loss):
-                    raise WorkbenchError(
-                        f"{r.name}:{run.name}: loss became {loss.item()} at step {step}; lower optim.lr"
-                    )
+                loss = model(input_ids=batch, labels=batch).loss
                 loss.backward()
                 if clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                losses.append(float(loss.detach()))
+                pending.append(loss.detach())
                 done_tokens += B * S
                 bar.update(B * S)
-                if step % 10 == 0 or step == run.end_step:
+                flush = step % 10 == 0 or step == run.end_step or step in run.save_steps or step in run.state_steps
+                if flush:  # one device sync per few steps, not per step
+                    values = torch.stack(pending).float().cpu()
+                    pending.clear()
+                    if not bool(torch.isfinite(values).all()):
+                        raise WorkbenchError(
+                            f"{r.name}:{run.name}: the loss became {values[-1].item()} by step {step}; lower optim.lr"
+                        )
+                    losses.extend(values.tolist())
                     bar.set_postfix(step=step, loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}", lr=f"{lr:.2g}")
                 if step in run.save_steps:
                     _save_checkpoint(
