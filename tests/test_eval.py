@@ -218,3 +218,16 @@ def test_cli_eval_and_model_without_tokenizer(tmp_path, tiny_model_dir, shared_d
     assert "tokenizer" in r.output and not (tmp_path / "res2").exists()
     r = runner.invoke(app, ["eval", str(tiny_model_dir), "--tasks", "nope", "--out", str(tmp_path / "res3")])
     assert r.exit_code == 2 and "unknown task 'nope'" in r.output
+
+
+def test_cache_follows_data_content(tmp_path, mt, shared_data):
+    (tmp_path / "data" / "blimp").mkdir(parents=True)
+    lines = (shared_data / "blimp" / "adjunct_island.jsonl").read_text().splitlines()[:4]
+    f = tmp_path / "data" / "blimp" / "adjunct_island.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    store = ResultStore(tmp_path / "cache")
+    kw = dict(data_dir=tmp_path / "data", progress=False, store=store, model_fingerprint="m" * 64)
+    assert evaluate(*mt, "blimp_adjunct_island", **kw).items.height == 4
+    assert evaluate(*mt, "blimp_adjunct_island", **kw).items.height == 4 and store.hits == 1
+    f.write_text("\n".join(lines[:3]) + "\n")  # same path, different data
+    assert evaluate(*mt, "blimp_adjunct_island", **kw).items.height == 3 and store.hits == 1

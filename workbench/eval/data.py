@@ -136,6 +136,42 @@ def _hub_dataset(path: str, name: str | None, split: str):  # pragma: no cover -
         raise WorkbenchError(f"{path} ({name}, {split}): could not load from the Hub ({err}); {_HINT}") from None
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def task_files(data_dir: Path, task: str, *, arc_split: str = "validation", wikitext_split: str = "test") -> list[Path]:
+    """The data files a task reads from ``data_dir`` (those that exist)."""
+    d = Path(data_dir)
+    if task == "blimp":
+        files = [d / "blimp" / f"{u}.jsonl" for u in BLIMP_PARADIGMS]
+    elif task.startswith("blimp_"):
+        files = [d / "blimp" / f"{task[len('blimp_'):]}.jsonl"]
+    elif task == "arc_easy":
+        files = [d / "arc_easy" / f"ARC-Easy-{ARC_SPLITS.get(arc_split, arc_split)}.jsonl"]
+    elif task == "wikitext":
+        files = [d / "wikitext-2" / WIKITEXT_SPLITS.get(wikitext_split, wikitext_split)]
+    else:
+        files = []
+    return [f for f in files if f.is_file()]
+
+
+def files_fingerprint(files: list[Path]) -> str:
+    """sha256 over the contents of ``files`` (memoised per path, size and mtime), so
+    cached results follow the data, not its location."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        memo = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        digest = _FILE_HASHES.get(memo)
+        if digest is None:
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+            _FILE_HASHES[memo] = digest
+        h.update(f"{f.name}:{digest}\n".encode())
+    return h.hexdigest()
+
+
 # --- BLiMP ------------------------------------------------------------------------------
 
 

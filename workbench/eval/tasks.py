@@ -618,7 +618,10 @@ def evaluate(
             settings["wikitext_variant"] = "wikitext-2-v1" if ddir is not None else "wikitext-2-raw-v1"
         if task.startswith("text:"):
             p = Path(task[len("text:"):])
-            settings["text_sha256"] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            settings["data_sha256"] = D.files_fingerprint([p]) if p.is_file() else None
+        elif ddir is not None:
+            settings["data_sha256"] = D.files_fingerprint(
+                D.task_files(ddir, task, arc_split=arc_split, wikitext_split=wikitext_split))
         wanted = _item_ids_for(item_ids, task)
         settings["item_ids_sha256"] = (hashlib.sha256("\n".join(sorted(map(str, wanted))).encode()).hexdigest()
                                        if wanted is not None else None)
