@@ -132,15 +132,17 @@ def score_requests(
                 chunk = hosts[start : start + min(batch_size, cap)]
                 start += len(chunk)
                 length = longest
-                ids = torch.zeros((len(chunk), length), dtype=torch.long)
-                tgt = torch.zeros((len(chunk), length), dtype=torch.long)
-                mask = torch.zeros((len(chunk), length), dtype=torch.long)
+                # one padded (rows, length + 1) token block: inputs are [:, :-1], targets [:, 1:]
+                block = np.zeros((len(chunk), length + 1), dtype=np.int64)
+                mask_np = np.zeros((len(chunk), length), dtype=np.int64)
                 for row, k in enumerate(chunk):
-                    s = torch.tensor(keys[k], dtype=torch.long)
-                    ids[row, : len(s) - 1] = s[:-1]
-                    tgt[row, : len(s) - 1] = s[1:]
-                    mask[row, : len(s) - 1] = 1
-                out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+                    seq = keys[k]
+                    block[row, : len(seq)] = seq
+                    mask_np[row, : len(seq) - 1] = 1
+                block_t = torch.from_numpy(block)
+                ids, tgt = block_t[:, :-1], block_t[:, 1:]
+                mask = torch.from_numpy(mask_np)
+                out = model(input_ids=ids.contiguous().to(dev), attention_mask=mask.to(dev))
                 logits = getattr(out, "logits", None)
                 if logits is None:
                     raise WorkbenchError("the model's output has no .logits")
