@@ -43,7 +43,7 @@ def _system(rng: np.random.Generator, difficulty: np.ndarray, skill: float = 0.0
     n = difficulty.shape[0]
     margin = rng.normal(0.0, 1.0, n) + 3.0 * (difficulty - 0.5) + skill
     correct = margin > 0
-    ll = -np.array([400 + 10 * i for i in range(40)]) * 1.2 + rng.normal(0, 5, 40) + wiki_shift
+    ll = -np.array([400 + 10 * i for i in range(80)]) * 1.2 + rng.normal(0, 5, 80) + wiki_shift
     return pl.concat([_blimp_items(correct, margin), _wiki_items(ll)], how="vertical")
 
 
@@ -219,3 +219,22 @@ def test_verdict_numbers_match_table(difficulty):
     row = panel.comparisons.filter((pl.col("task") == "blimp") & (pl.col("metric") == "acc")
                                    & (pl.col("reference") == "best_dev")).row(0, named=True)
     assert re.search(re.escape(f"{row['estimate'] * 100:+.1f} points"), text)
+
+
+def test_too_few_items_to_split_is_reported_not_hidden():
+    rows = lambda c: items_frame({"task": ["arc_easy"] * 2, "item_id": ["q1", "q2"], "group": ["arc_easy"] * 2,
+                                  "correct": c, "tie": [False, False], "margin": [0.1, -0.1]})
+    # find a seed whose split puts both items on one side
+    from workbench.stats import dev_mask
+
+    seed = next(s for s in range(100) if len(set(dev_mask(["arc_easy"] * 2, ["q1", "q2"], seed=s).tolist())) == 1)
+    panel = build_panel({"a": rows([True, False]), "b": rows([False, False]), "merge": rows([True, True])},
+                        ingredients=["a", "b"], seed=seed, n_resamples=200)
+    sel = panel.selections.row(0, named=True)
+    assert sel["reported_on"] == "all" and "too few for a dev/test split" in sel["note"]
+    assert set(panel.comparisons["split"].to_list()) == {"all"}
+    assert "too few for a dev/test split" in verdict(panel)
+    curve_items = pl.concat([rows([True, t > 0.4]).with_columns(pl.lit("lerp").alias("method"), pl.lit(t).alias("t"))
+                             for t in (0.0, 0.5, 1.0)])
+    curve, barriers, tests = curve_tables(curve_items, seed=seed, n_resamples=100)
+    assert "all" in set(curve["split"].to_list()) and barriers.height == 1 and tests.height == 0

@@ -70,6 +70,8 @@ __all__ = [
 #: Default t grid of the interpolation curve.
 CURVE_TS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 ALPHA = 0.05
+#: Fewer paired items than this never yield a gain/loss call (percentile intervals are too narrow).
+MIN_ITEMS_FOR_CALL = 20
 _LN2 = math.log(2.0)
 
 # Display order and human labels of the system kinds.
@@ -322,18 +324,24 @@ def build_panel(
 
     score_rows, sel_rows, cmp_rows, group_rows, noise_rows = [], [], [], [], []
     n_dropped: dict[str, int] = {}
+    split_notes: dict[str, str] = {}
     for task in tasks:
         td = _align(items, names, task)
         n_dropped[task] = int(items.filter((pl.col("task") == task) & (pl.col("system") == names[0])).height - td.meta.height)
         dev, test = td.mask("dev"), td.mask("test")
+        report_split = "test"
         if not dev.any() or not test.any():
-            raise WorkbenchError(
-                f"{task}: the dev/test split of {td.meta.height} items leaves one half empty; evaluate more items"
-            )
+            # Too few items to split: select and report on the same items, and say so.
+            dev = test = td.mask("all")
+            report_split = "all"
+            split_notes[task] = (f"only {td.meta.height} items, too few for a dev/test split: selection and "
+                                 f"report use the same items (optimistic)")
         # scores of every system
         for metric in td.metrics:
             for split in ("test", "all"):
                 m = td.mask(split)
+                if not m.any():
+                    continue
                 w = _weights_for(td, metric, m)
                 for s in names:
                     r = bootstrap_ci(td.values[metric.name][s][m], clusters=None if td.clusters is None else td.clusters[m],
@@ -353,7 +361,8 @@ def build_panel(
         best, median = ranked[0], ranked[len(ranked) // 2]
         sel_rows.append({"task": task, "metric": primary.name, "best_dev": best, "median": median,
                          "ranking": ",".join(ranked), "dev_scores": json.dumps(dev_scores, sort_keys=True),
-                         "n_dev": int(dev.sum()), "n_test": int(test.sum())})
+                         "n_dev": int(dev.sum()), "n_test": int(test.sum()), "reported_on": report_split,
+                         "note": split_notes.get(task, "")})
         alias = {"best_dev": best, "median": median}
         # noise floor on the test half
         for metric in td.metrics:
@@ -376,7 +385,7 @@ def build_panel(
                     "task": task, "metric": metric.name, "subject": subj, "reference": ref,
                     "subject_system": alias.get(subj, subj), "reference_system": alias.get(ref, ref),
                     "subject_label": _label(subj, alias, sys_map), "reference_label": _label(ref, alias, sys_map),
-                    "split": "test", "n_items": int(test.sum()), "estimate": r.estimate, "low": r.low,
+                    "split": report_split, "n_items": int(test.sum()), "estimate": r.estimate, "low": r.low,
                     "high": r.high, "se": r.se, "p_bootstrap": r.p_value,
                     "p_mcnemar": mc.p_value if mc else None, "a_only": mc.a_only if mc else None,
                     "b_only": mc.b_only if mc else None,
@@ -421,6 +430,7 @@ def build_panel(
         "reported_on": "test", "selected_on": "dev", "items_dropped_for_alignment": n_dropped,
         "blimp_resampling": "items resampled within paradigms; accuracy is the macro mean over paradigms",
         "holm_family": "all comparisons of one metric across tasks",
+        "split_notes": split_notes,
         **dict(settings or {}),
     }
     return Panel(
@@ -466,6 +476,8 @@ def _comparison_pairs(names: Sequence[str], ingredients: Sequence[str], subject:
 def _call(row: Mapping[str, Any], alpha: float) -> str:
     if row["identical"]:
         return "no evidence"
+    if row.get("n_items") is not None and row["n_items"] < MIN_ITEMS_FOR_CALL:
+        return "no evidence"
     if row["low"] <= 0.0 <= row["high"]:
         return "no evidence"
     if row["p_holm"] is None or not (row["p_holm"] < alpha):
@@ -489,6 +501,8 @@ def _finish_comparisons(df: pl.DataFrame, alpha: float) -> pl.DataFrame:
     for r, c in zip(df.iter_rows(named=True), calls):
         if r["identical"]:
             notes.append("identical per-item results")
+        elif r["n_items"] < MIN_ITEMS_FOR_CALL:
+            notes.append(f"only {r['n_items']} items: too few to call a difference")
         elif c == "no evidence" and not (r["low"] <= 0.0 <= r["high"]):
             notes.append("CI excludes 0 but not significant after Holm correction")
         else:
@@ -540,7 +554,8 @@ def verdict(panel: Panel) -> str:
         n_test = int(sel["n_test"][0]) if sel.height else 0
         sentences = []
         for r in sub.iter_rows(named=True):
-            sentences.append(_sentence(r, conf, subject))
+            if (r["subject"], r["reference"]) in _KEY_PAIRS or (r["reference"] == "best_dev" and r["subject"] == "control"):
+                sentences.append(_sentence(r, conf, subject))
         nf = panel.noise.filter((pl.col("task") == task) & (pl.col("metric") == metric))
         tail = ""
         if nf.height and nf["n"][0] > 1:
@@ -551,7 +566,10 @@ def verdict(panel: Panel) -> str:
                                    & (pl.col("system") == subject))
         if ties.height and ties["tie_rate"][0] > 0:
             tail += f" Tie rate of {subject}: {ties['tie_rate'][0] * 100:.1f}%."
-        lines.append(f"**{task}** ({metric}, {n_test} test items): " + " ".join(sentences) + tail)
+        where = f"{n_test} test items"
+        if sel.height and sel["reported_on"][0] != "test":
+            where = sel["note"][0]
+        lines.append(f"**{task}** ({metric}, {where}): " + " ".join(sentences) + tail)
         lines.append("")
     if panel.barriers.height:
         parts = []
@@ -581,12 +599,19 @@ def verdict(panel: Panel) -> str:
     return "\n".join(lines)
 
 
+# Comparisons named in the verdict's paragraphs (the table lists every comparison).
+_KEY_PAIRS = {("merge", "best_dev"), ("soup", "best_dev"), ("ensemble", "best_dev"),
+              ("merge", "lerp_norm_restore"), ("merge", "control")}
+
+
 def _sentence(r: Mapping[str, Any], conf: float, subject: str) -> str:
     subj = r["subject_label"] if r["subject"] != subject else subject
     what = f"{subj} vs {r['reference_label']}"
     num = f"{_fmt(r['estimate'], r['scale'])} {r['unit']} ({_ci(r, conf)}, Holm p={r['p_holm']:.3g})"
     if r["identical"]:
         return f"{what}: identical per-item results, no evidence of a difference."
+    if r["n_items"] < MIN_ITEMS_FOR_CALL:
+        return f"{what}: {num}; only {r['n_items']} items, too few to call, no evidence of a difference."
     if r["call"] == "gain":
         return f"{what}: {num}, a significant gain."
     if r["call"] == "loss":
@@ -634,6 +659,8 @@ def curve_tables(
                 vals = td.values[metric.name]
                 for split in ("all", "test"):
                     m = td.mask(split)
+                    if not m.any():
+                        continue
                     w = _weights_for(td, metric, m)
                     for t, k in zip(ts, keys):
                         r = bootstrap_ci(vals[k][m], clusters=None if td.clusters is None else td.clusters[m], weights=w, **boot)
@@ -664,6 +691,7 @@ def curve_tables(
                     r = paired_bootstrap(vals[k][test], vals[ref][test], clusters=cl, weights=wt, **boot)
                     p = mcnemar_exact(vals[k][test] > 0.5, vals[ref][test] > 0.5).p_value if metric.binary else r.p_value
                     rows.append({"method": method, "task": task, "metric": metric.name, "t": t, "reference": ref,
+                                 "n_items": int(test.sum()),
                                  "estimate": r.estimate, "low": r.low, "high": r.high, "p": p,
                                  "identical": bool(np.array_equal(vals[k][test], vals[ref][test])),
                                  "higher_is_better": metric.higher_is_better, "unit": metric.unit,

@@ -170,6 +170,10 @@ def _bootstrap_distribution(
     w_sorted = w[order]
     cluster_w = w_sorted[offsets]
     cluster_constant_w = bool(np.all(w_sorted == np.repeat(cluster_w, sizes)))
+    # Rescaled within-cluster bootstrap: a resampled cluster mean varies by (n_k - 1) / n_k of the
+    # cluster's variance of the mean; stretching its deviation by sqrt(n_k / (n_k - 1)) removes
+    # that shrinkage, which matters when clusters are small (e.g. a few items per paradigm).
+    rescale = np.sqrt(sizes / np.maximum(sizes - 1, 1)).astype(np.float64)
     values, value_codes = np.unique(d, return_inverse=True)
     if cluster_constant_w and values.shape[0] <= _MAX_DISCRETE_VALUES:
         # Few distinct differences (accuracy: -1, 0, +1) and one weight per cluster (e.g. 1/size
@@ -182,18 +186,25 @@ def _bootstrap_distribution(
             cluster_codes * n_values + value_codes[order], minlength=n_clusters * n_values
         ).reshape(n_clusters, n_values)
         probs = table / sizes[:, None]
-        total_w = float(np.sum(cluster_w * sizes))
+        cluster_sum = np.bincount(cluster_codes, weights=d[order], minlength=n_clusters)
+        cluster_mean = cluster_sum / sizes
+        stratum_w = cluster_w * sizes
+        total_w = float(np.sum(stratum_w))
         chunk = max(1, _CHUNK_ELEMENTS // (n_clusters * n_values))
         for start in range(0, n_resamples, chunk):
             rows = min(chunk, n_resamples - start)
             counts = rng.multinomial(sizes, probs, size=(rows, n_clusters))
-            per_cluster = counts @ values  # (rows, clusters): resampled sum of d in each cluster
-            out[start : start + rows] = (per_cluster @ cluster_w) / total_w
+            means = (counts @ values) / sizes  # (rows, clusters): resampled mean in each cluster
+            means = cluster_mean + rescale * (means - cluster_mean)
+            out[start : start + rows] = (means @ stratum_w) / total_w
         return out
     d_sorted = (w * d)[order]
     pos_size = np.repeat(sizes, sizes).astype(np.float64)
     pos_offset = np.repeat(offsets, sizes)
     pos_max = np.repeat(sizes - 1, sizes)
+    stratum_w = np.add.reduceat(w_sorted, offsets)
+    cluster_ratio = np.add.reduceat(d_sorted, offsets) / np.where(stratum_w > 0, stratum_w, 1.0)
+    total_w = float(np.sum(stratum_w))
     chunk = max(1, _CHUNK_ELEMENTS // n)
     for start in range(0, n_resamples, chunk):
         rows = min(chunk, n_resamples - start)
@@ -201,9 +212,14 @@ def _bootstrap_distribution(
         u *= pos_size
         idx = np.minimum(u.astype(np.int64), pos_max)
         idx += pos_offset
-        num = d_sorted[idx].sum(axis=1)
-        den = float(n) if uniform_weights else w_sorted[idx].sum(axis=1)
-        out[start : start + rows] = num / den
+        num = np.add.reduceat(d_sorted[idx], offsets, axis=1)
+        if uniform_weights:
+            den = sizes.astype(np.float64)
+        else:
+            den = np.add.reduceat(w_sorted[idx], offsets, axis=1)
+            den = np.where(den > 0, den, 1.0)
+        ratio = cluster_ratio + rescale * (num / den - cluster_ratio)
+        out[start : start + rows] = (ratio @ stratum_w) / total_w
     return out
 
 
@@ -260,6 +276,8 @@ def paired_bootstrap(
     boot = _bootstrap_distribution(d, w, order, sizes, offsets, int(n_resamples), int(seed), resample)
     alpha = 1.0 - confidence
     low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    # the rescaled resampler can overshoot for tiny clusters; a mean never leaves the data's range
+    low, high = max(float(low), float(d.min())), min(float(high), float(d.max()))
     estimate = float(np.sum(w * d) / np.sum(w))
     k = min(int(np.sum(boot <= 0.0)), int(np.sum(boot >= 0.0)))
     p_value = min(1.0, 2.0 * (k + 1) / (n_resamples + 1))
