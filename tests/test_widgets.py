@@ -61,8 +61,9 @@ def test_slider_change_remerges_reevaluates_and_updates_the_figure(session: Expl
         assert ex.results[-1].method == "lerp_norm_restore"
         assert ex.error is None
 
-        # the t grid fills in the background and feeds the static slider figure
+        # the t grid fills in the background (endpoints = ingredients) and feeds the static slider figure
         assert ex.wait(600, grid=True)
+        assert ex.curves["lerp_norm_restore"][1.0].metrics == session.baselines[1].metrics
         curve, deltas = ex.grid_tables("lerp_norm_restore")
         assert curve["t"].to_list() == [0.0, 0.5, 1.0]
         assert set(deltas["ingredient"].to_list()) == set(session.labels)
@@ -71,7 +72,7 @@ def test_slider_change_remerges_reevaluates_and_updates_the_figure(session: Expl
 
 
 def test_burst_of_changes_keeps_only_the_latest(session: ExplorerSession) -> None:
-    ex = MergeExplorer(session, t_grid=[0.0, 1.0], t=0.5, debounce_s=0.3)
+    ex = MergeExplorer(session, t_grid=[0.0, 1.0], t=0.5, debounce_s=0.3)  # endpoints: no extra evaluation
     try:
         assert ex.wait(300)
         merges = session.merges

@@ -278,6 +278,15 @@ class ExplorerSession:
             merge_s = time.perf_counter() - t0
             return self._evaluate(method, float(t), t_attn, t_mlp, merge_s=merge_s)
 
+    def grid_point(self, method: str, t: float) -> PointResult:
+        """Like :meth:`point` for a uniform t, but t = 0 and t = 1 reuse the ingredients' results
+        (the interpolation's endpoints are the ingredients, for every method)."""
+        if t in (0.0, 1.0):
+            base = self.baselines[int(t)]
+            return PointResult(method, float(t), None, None, dict(base.metrics), dict(base.fields), 0.0, 0.0,
+                               base.summary)
+        return self.point(method, t)
+
     def deltas(self, point: PointResult) -> dict[str, list[float | None]]:
         """Per ingredient label: merge minus ingredient accuracy for each field of :attr:`fields`."""
         out = {}
@@ -293,7 +302,7 @@ class ExplorerSession:
 
         Feeds :func:`workbench.plots.t_slider_figure` for the static HTML.
         """
-        return self.tables({float(t): self.point(method, float(t)) for t in t_grid})
+        return self.tables({float(t): self.grid_point(method, float(t)) for t in t_grid})
 
     def tables(self, points: dict[float, PointResult | None]) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(curve, deltas) tables of already evaluated points keyed by t (see :meth:`grid`)."""
@@ -477,7 +486,7 @@ class MergeExplorer:
             return
         method, t = todo
         try:
-            p = self.session.point(method, t)
+            p = self.session.grid_point(method, t)
         except Exception as err:  # shown in the readout; the explorer keeps running
             self.error = f"{type(err).__name__}: {err}"
             self.curves.setdefault(method, {})[t] = None  # type: ignore[assignment]
@@ -561,7 +570,7 @@ class MergeExplorer:
         method = method or self.method.value
         for t in self.t_grid:
             if t not in self.curves.get(method, {}):
-                self.curves.setdefault(method, {})[t] = self.session.point(method, t)
+                self.curves.setdefault(method, {})[t] = self.session.grid_point(method, t)
         return self.session.tables({t: self.curves[method][t] for t in self.t_grid})
 
     def close(self) -> None:
