@@ -543,6 +543,20 @@ def _parse_address(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _probe(address: str, timeout: float) -> None:
+    """A TCP connection to a Ray address, or WorkbenchError saying nothing answers there."""
+    target = _parse_address(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout).close()
+    except OSError as err:
+        raise WorkbenchError(
+            f"Ray address {address}: nothing answers ({err.strerror or err}); start a cluster "
+            "there (ray start --head) or leave out --ray-address to run Ray on this machine"
+        ) from None
+
+
 def connect_ray(address: str | None = None, *, timeout: float = 60.0, num_cpus: int | None = None) -> bool:
     """Connect to the Ray cluster at ``address`` (or start one on this machine when None).
 
@@ -560,15 +574,7 @@ def connect_ray(address: str | None = None, *, timeout: float = 60.0, num_cpus: 
         return False
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
     if address:
-        target = _parse_address(address)
-        if target is not None:
-            try:
-                socket.create_connection(target, timeout=min(5.0, timeout)).close()
-            except OSError as err:
-                raise WorkbenchError(
-                    f"Ray address {address}: nothing answers ({err.strerror or err}); start a cluster "
-                    "there (ray start --head) or leave out --ray-address to run Ray on this machine"
-                ) from None
+        _probe(address, min(5.0, timeout))
         kwargs["address"] = address
     else:
         kwargs.update(include_dashboard=False, num_cpus=num_cpus)
@@ -585,7 +591,8 @@ def connect_ray(address: str | None = None, *, timeout: float = 60.0, num_cpus: 
     thread.join(timeout)
     where = address or "a new local cluster"
     if thread.is_alive():
-        raise WorkbenchError(f"Ray address {where}: no answer within {timeout:.0f} s (is it a Ray head node?)")
+        hint = " (is it a Ray head node? a cluster with token authentication also needs RAY_AUTH_MODE=token here)"
+        raise WorkbenchError(f"Ray address {where}: no answer within {timeout:.0f} s{hint if address else ''}")
     if "error" in box:
         err = box["error"]
         raise WorkbenchError(f"Ray address {where}: cannot connect ({type(err).__name__}: {err})")
@@ -635,7 +642,7 @@ def _run_ray(jobs: Sequence[Job], *, address: str | None, resources: Resources, 
 class SweepResult:
     """A finished sweep: the long table, the per-item results, the points and the run log."""
 
-    table: Any  # pl.DataFrame: point, label, <axes>, fingerprint, task, metric, value, stderr
+    table: Any  # pl.DataFrame: point, label, <axes>, fingerprint, parent, task, metric, value, stderr
     items: Any  # pl.DataFrame: point, <axes>, then the evaluation engine's item columns
     points: list[dict[str, Any]]  # point, label, params, fingerprint, recipe
     log: list[dict[str, Any]]  # point, status (computed | cached | partial), tasks computed, seconds, worker
@@ -779,6 +786,8 @@ def run_sweep(
         raise WorkbenchError(f"output directory {Path(out_dir).absolute()} already exists (pass --overwrite / overwrite=True to replace it)")
     if ray_address and backend != "ray":
         raise WorkbenchError("--ray-address needs --backend ray")
+    if backend == "ray" and ray_address:
+        _probe(ray_address, min(5.0, ray_timeout))  # fail fast, before planning, when nothing answers
     store = store if store is not None else ResultStore()
     the_plan = plan(spec)
 
@@ -854,33 +863,38 @@ def long_table(points: Sequence[Point], fingerprints: Sequence[str], tasks: Sequ
                results: Mapping[tuple[int, str], Any]) -> Any:
     """The sweep's long table: one row per (point, task, metric) with its stderr when known.
 
-    Metrics are the evaluation summary's lm-eval style keys (``"acc,none"``); the stderr of
-    ``"acc,none"`` is ``"acc_stderr,none"``.
+    ``task`` is each entry of the evaluation summary (the task itself, then its parts, e.g.
+    ``blimp`` then ``blimp_adjunct_island``, ...) and ``parent`` the task that was asked for;
+    metrics keep the lm-eval style keys (``"acc,none"``), whose stderr is ``"acc_stderr,none"``.
     """
     import polars as pl
 
     params = _param_columns(points)
     rows: dict[str, list[Any]] = {"point": [], "label": [], **{k: [] for k in params}, "fingerprint": [],
-                                  "task": [], "metric": [], "value": [], "stderr": []}
+                                  "parent": [], "task": [], "metric": [], "value": [], "stderr": []}
     for j, (p, fp) in enumerate(zip(points, fingerprints)):
-        for task in tasks:
-            summary = results[(p.index, task)].summary.get(task, {})
-            for metric in sorted(summary):
-                name, _, filt = metric.partition(",")
-                if name.endswith("_stderr"):
-                    continue
-                stderr_key = f"{name}_stderr,{filt}" if filt else f"{name}_stderr"
-                rows["point"].append(p.index)
-                rows["label"].append(p.label)
-                for k in params:
-                    rows[k].append(params[k][j])
-                rows["fingerprint"].append(fp)
-                rows["task"].append(task)
-                rows["metric"].append(metric)
-                rows["value"].append(_float_or_none(summary[metric]))
-                rows["stderr"].append(_float_or_none(summary.get(stderr_key)))
-    schema = {"point": pl.Int64, "label": pl.Utf8, "fingerprint": pl.Utf8, "task": pl.Utf8, "metric": pl.Utf8,
-              "value": pl.Float64, "stderr": pl.Float64}
+        for parent in tasks:
+            summary = results[(p.index, parent)].summary
+            names = [parent] + sorted(k for k in summary if k != parent)
+            for task in names:
+                entry = summary.get(task, {})
+                for metric in sorted(entry):
+                    name, _, filt = metric.partition(",")
+                    if name.endswith("_stderr"):
+                        continue
+                    stderr_key = f"{name}_stderr,{filt}" if filt else f"{name}_stderr"
+                    rows["point"].append(p.index)
+                    rows["label"].append(p.label)
+                    for k in params:
+                        rows[k].append(params[k][j])
+                    rows["fingerprint"].append(fp)
+                    rows["parent"].append(parent)
+                    rows["task"].append(task)
+                    rows["metric"].append(metric)
+                    rows["value"].append(_float_or_none(entry[metric]))
+                    rows["stderr"].append(_float_or_none(entry.get(stderr_key)))
+    schema = {"point": pl.Int64, "label": pl.Utf8, "fingerprint": pl.Utf8, "parent": pl.Utf8, "task": pl.Utf8,
+              "metric": pl.Utf8, "value": pl.Float64, "stderr": pl.Float64}
     schema.update({k: (pl.Float64 if params[k] and isinstance(params[k][0], float) else pl.Utf8) for k in params})
     return pl.DataFrame(rows, schema={k: schema[k] for k in rows})
 
