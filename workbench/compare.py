@@ -904,6 +904,8 @@ def run_panel(
         lnr = simple_recipe("lerp_norm_restore", [m.model for m in rec.models], t=_recipe_t(rec),
                             base_model=rec.base_model)
         merges.append(("lerp_norm_restore", lnr))
+    elif rec.merge_method == "lerp_norm_restore":
+        notes.append("lerp_norm_restore baseline skipped: the recipe is lerp_norm_restore itself")
     else:
         notes.append("lerp_norm_restore baseline skipped: it applies to two-model LERP/SLERP recipes")
     merges.append(("merge", rec))
