@@ -356,8 +356,9 @@ def run_blimp(ctx: _Ctx, task: str, data_dir, limit, seed, item_ids) -> EvalResu
     })
     summary: dict[str, dict[str, float]] = {}
     accs, ses, sizes = [], [], []
+    uids = np.array([p["UID"] for p in pairs], dtype=object)
     for uid in paradigms:
-        m = np.array([p["UID"] == uid for p in pairs], dtype=bool)
+        m = uids == uid
         if not m.any():
             continue
         c = correct[m].astype(np.float64)
