@@ -34,6 +34,19 @@ def _write_recipe(path: Path, method: str, a: Path, b: Path, t: float = 0.5) -> 
     return path
 
 
+def _write_slices_recipe(path: Path, a: Path, b: Path) -> Path:
+    """mergekit's usual SLERP layout: slices over the whole layer stack, per-group t."""
+    n_layers = json.loads((a / "config.json").read_text())["num_hidden_layers"]
+    path.write_text(yaml.safe_dump({
+        "slices": [{"sources": [{"model": str(a), "layer_range": [0, n_layers]},
+                                {"model": str(b), "layer_range": [0, n_layers]}]}],
+        "merge_method": "slerp", "base_model": str(a), "dtype": "float32",
+        "parameters": {"t": [{"filter": "self_attn", "value": [0.2, 0.6]}, {"filter": "mlp", "value": 0.7},
+                             {"value": 0.4}]},
+    }))
+    return path
+
+
 def _compare(args: list[str]):
     result = CliRunner().invoke(app, ["compare", *args])
     assert result.exit_code == 0, (result.output, result.exception)
@@ -62,7 +75,7 @@ def test_planted_null_model_against_its_copy(family, shared_data, tmp_path):
 
 def test_compare_end_to_end_on_tiny_family(family, shared_data, tmp_path):
     ingredients = family.trajectory[-3:]
-    recipe = _write_recipe(tmp_path / "slerp.yaml", "slerp", ingredients[0], ingredients[1], t=0.4)
+    recipe = _write_slices_recipe(tmp_path / "slerp.yaml", ingredients[0], ingredients[1])
     out = tmp_path / "claim"
     res = _compare(["--ingredients", *map(str, ingredients), "--recipe", str(recipe),
                     "--tasks", "blimp,arc_easy,wikitext", "--data-dir", str(shared_data), "--limit", "4",

@@ -898,12 +898,14 @@ def run_panel(
         systems.append(System(short[n], "ingredient", n))
         del model
     merges: list[tuple[str, Any]] = [("soup", simple_recipe("linear", names))]
-    two_model = rec.merge_method in ("slerp", "lerp", "lerp_norm_restore") and rec.models and len(rec.models) == 2
+    refs = rec.referenced_models()  # base model first
+    two_model = rec.merge_method in ("slerp", "lerp", "lerp_norm_restore") and len(refs) == 2
     notes = []
     if two_model and rec.merge_method != "lerp_norm_restore":
-        lnr = simple_recipe("lerp_norm_restore", [m.model for m in rec.models], t=_recipe_t(rec),
-                            base_model=rec.base_model)
-        merges.append(("lerp_norm_restore", lnr))
+        # the same recipe (models or slices, every t setting) with the interpolation swapped
+        data = rec.model_dump(mode="json", exclude_none=True)
+        data["merge_method"] = "lerp_norm_restore"
+        merges.append(("lerp_norm_restore", load_recipe(data)))
     elif rec.merge_method == "lerp_norm_restore":
         notes.append("lerp_norm_restore baseline skipped: the recipe is lerp_norm_restore itself")
     else:
@@ -934,11 +936,7 @@ def run_panel(
     panel = build_panel(results, ingredients=[short[n] for n in names], subject="merge", systems=systems, seed=seed,
                         n_resamples=n_resamples, confidence=confidence, dev_fraction=dev_fraction, settings=settings)
     if curve_ts is not None and len(curve_ts) >= 2:
-        if two_model:
-            pair = [rec.base_model or rec.models[0].model] + [m.model for m in rec.models if m.model != (rec.base_model or rec.models[0].model)]
-            pair = pair[:2]
-        else:
-            pair = names[:2]
+        pair = refs[:2] if two_model else names[:2]
         endpoints = {}
         if pair[0] in short:
             endpoints[0.0] = results[short[pair[0]]]
