@@ -85,7 +85,8 @@ def test_rolling_windows_cover_every_token_once():
     toks = list(range(1, 24))
     wins = rolling_windows(toks, 0, 5)
     assert [t for _, p in wins for t in p] == toks
-    assert wins[0][0] == [0, 1, 2, 3, 4][:1] + toks[:4][: len(wins[0][0]) - 1]
+    assert wins[0] == ([0], [1, 2, 3, 4, 5])  # first window: prefix token, then max_length tokens
+    assert wins[-1] == ([18, 19, 20], [21, 22, 23])  # the last window's context fills the window
     assert all(len(c) + len(p) <= 6 for c, p in wins)
 
 
@@ -120,7 +121,6 @@ def test_tokenizer_without_bos_uses_eos_and_without_both_fails(tiny_model_dir, m
     res = evaluate(model, tok, "blimp_adjunct_island", data_dir=shared_data, limit=3, progress=False)
     assert res.settings["prefix_token"] == "eos" and res.settings["prefix_token_id"] == tok.eos_token_id
     row = res.items.row(0, named=True)
-    sent = json.loads((shared_data / "blimp" / "adjunct_island.jsonl").read_text().splitlines()[0])
     pid = int(row["item_id"].split("/")[1])
     sent = json.loads((shared_data / "blimp" / "adjunct_island.jsonl").read_text().splitlines()[pid])
     cont = tok(" " + sent["sentence_good"], add_special_tokens=False)["input_ids"]
