@@ -154,6 +154,7 @@ def test_curve_tables_barrier_and_holm_across_t(difficulty):
     b = {(r["method"], r["task"]): r for r in barriers.iter_rows(named=True)}
     assert b[("lerp", "blimp")]["barrier"] > b[("slerp", "blimp")]["barrier"] > 0
     assert b[("lerp", "blimp")]["t_max"] == 0.5
+    assert 0 < b[("lerp", "blimp")]["low"] <= b[("lerp", "blimp")]["barrier"] <= b[("lerp", "blimp")]["high"]
     lerp = tests.filter((pl.col("method") == "lerp") & (pl.col("task") == "blimp") & (pl.col("metric") == "acc"))
     assert lerp.height == 3 and lerp["selected"].sum() == 1
     assert (lerp["p_holm"] >= lerp["p"]).all()

@@ -397,3 +397,20 @@ def test_small_paradigms_do_not_shrink_the_interval():
         x, y = base + rng.normal(0, 1, 300), base + rng.normal(0, 1, 300)
         covered += paired_bootstrap(x, y, clusters=clusters, n_resamples=2000, seed=run).covers_zero
     assert 0.93 <= covered / N_NULL_RUNS <= 0.97, covered / N_NULL_RUNS
+
+
+def test_barrier_ci_sees_a_bump_and_not_a_flat_path():
+    from workbench.stats import barrier_ci
+
+    rng = np.random.default_rng(13)
+    ts = [0.0, 0.25, 0.5, 0.75, 1.0]
+    difficulty = rng.uniform(0.2, 0.8, 800)
+    flat = np.stack([rng.random(800) < difficulty for _ in ts], axis=1).astype(float)
+    low, high = barrier_ci(ts, flat, n_resamples=1000)
+    assert low == 0.0 and high > 0.0
+    bump = flat.copy()
+    bump[:, 2] = (rng.random(800) < np.clip(difficulty + 0.15, 0, 1)).astype(float)  # error up 15 points at t=0.5
+    low, high = barrier_ci(ts, bump, n_resamples=1000)
+    assert low > 0.05 and high > barrier(ts, bump.mean(axis=0)) - 0.05
+    with pytest.raises(WorkbenchError):
+        barrier_ci(ts, flat[:, :3])

@@ -48,6 +48,7 @@ from workbench.stats import (
     noise_floor,
     paired_bootstrap,
     barrier,
+    barrier_ci,
     barrier_t,
     dev_test_split,
 )
@@ -574,9 +575,12 @@ def verdict(panel: Panel) -> str:
     if panel.barriers.height:
         parts = []
         for r in panel.barriers.iter_rows(named=True):
-            parts.append(f"{r['method']} on {r['task']} ({r['loss']}): {r['barrier']:.4g} at t={r['t_max']:g}")
+            bump = "a bump" if r["low"] > 0 else "no evidence of a bump"
+            parts.append(f"{r['method']} on {r['task']} ({r['loss']}): {r['barrier']:.4g} at t={r['t_max']:g} "
+                         f"({int(round(conf * 100))}% CI {r['low']:.4g} to {r['high']:.4g}, {bump})")
         lines += ["Interpolation barrier (max over t of the loss minus the straight line between the endpoint "
-                  "losses, all items; the maximum over a grid is biased upwards): " + "; ".join(parts) + ".", ""]
+                  "losses, all items; a maximum over the grid, so it is never below 0 and biased upwards): "
+                  + "; ".join(parts) + ".", ""]
     if panel.curve_tests.height:
         chosen = panel.curve_tests.filter(pl.col("selected"))
         for r in chosen.iter_rows(named=True):
@@ -671,9 +675,12 @@ def curve_tables(
                 if metric.primary:
                     wa = _weights_for(td, metric, td.mask("all"))
                     loss = [(1.0 - _wmean(vals[k], wa)) if metric.name == "acc" else _wmean(vals[k], wa) for k in keys]
+                    item_loss = np.stack([(1.0 - vals[k]) if metric.name == "acc" else vals[k] for k in keys], axis=1)
+                    b_low, b_high = barrier_ci(ts, item_loss, clusters=td.clusters, weights=wa, **boot)
                     barrier_rows.append({"method": method, "task": task,
                                          "loss": "error" if metric.name == "acc" else metric.name,
                                          "barrier": barrier(ts, loss), "t_max": barrier_t(ts, loss),
+                                         "low": b_low, "high": b_high,
                                          "loss_t0": loss[0], "loss_t1": loss[-1], "n_items": td.meta.height})
                 if len(ts) < 3 or not dev.any() or not test.any():
                     continue

@@ -39,6 +39,7 @@ __all__ = [
     "Selection",
     "as_array",
     "barrier",
+    "barrier_ci",
     "barrier_t",
     "bootstrap_ci",
     "dev_test_split",
@@ -148,8 +149,13 @@ def _bootstrap_distribution(
     n_resamples: int,
     seed: int,
     resample: str,
+    gather: bool = False,
 ) -> np.ndarray:
-    """Resampled weighted means; vectorised in chunks of resamples (same stream for any chunking)."""
+    """Resampled weighted means; vectorised in chunks of resamples (same stream for any chunking).
+
+    ``gather=True`` forces the item-gather resampler, whose resampled items depend only on the
+    seed and the cluster layout: several columns resampled with one seed share their resamples.
+    """
     rng = np.random.Generator(np.random.PCG64(seed))
     n = d.shape[0]
     out = np.empty(n_resamples, dtype=np.float64)
@@ -175,7 +181,7 @@ def _bootstrap_distribution(
     # that shrinkage, which matters when clusters are small (e.g. a few items per paradigm).
     rescale = np.sqrt(sizes / np.maximum(sizes - 1, 1)).astype(np.float64)
     values, value_codes = np.unique(d, return_inverse=True)
-    if cluster_constant_w and values.shape[0] <= _MAX_DISCRETE_VALUES:
+    if not gather and cluster_constant_w and values.shape[0] <= _MAX_DISCRETE_VALUES:
         # Few distinct differences (accuracy: -1, 0, +1) and one weight per cluster (e.g. 1/size
         # for a macro mean over paradigms): redrawing n_k items from a cluster is the same as
         # drawing multinomial counts of each distinct value, which is far cheaper.
@@ -471,6 +477,54 @@ def barrier_t(ts: Any, losses: Any) -> float:
     """
     t, loss = _curve(ts, losses)
     return float(t[int(np.argmax(loss - _chord(t, loss)))])
+
+
+def barrier_ci(
+    ts: Any,
+    item_losses: Any,
+    *,
+    clusters: Any = None,
+    weights: Any = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Paired bootstrap interval of the :func:`barrier` from per-item losses along the t grid.
+
+    ``item_losses`` has one row per item and one column per t (the same items at every t), so
+    every resample redraws the same items for all t; ``clusters`` / ``weights`` as in
+    :func:`paired_bootstrap`. The barrier is a maximum over the grid, so even its interval is
+    optimistic about the bump's height: read it as "is there a bump at all".
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> bump = np.stack([rng.random(300) < p for p in (0.3, 0.5, 0.3)], axis=1).astype(float)
+    >>> low, high = barrier_ci([0, 0.5, 1], bump, n_resamples=500)
+    >>> 0.0 < low < high
+    True
+    """
+    t = as_array(ts, name="ts")
+    m = np.asarray(item_losses.to_numpy() if hasattr(item_losses, "to_numpy") else item_losses, dtype=np.float64)
+    if m.ndim != 2 or m.shape[1] != t.shape[0] or m.shape[0] == 0:
+        raise WorkbenchError(f"barrier_ci: item_losses must be (items, {t.shape[0]} t values), got {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise WorkbenchError("barrier_ci: non-finite per-item losses")
+    n = m.shape[0]
+    w = np.ones(n) if weights is None else as_array(weights, name="weights")
+    order, sizes, offsets = _cluster_layout(clusters, n)
+    means = np.stack(
+        [_bootstrap_distribution(m[:, k], w, order, sizes, offsets, int(n_resamples), int(seed), "within", gather=True)
+         for k in range(t.shape[0])],
+        axis=1,
+    )
+    idx = np.argsort(t, kind="stable")
+    ts_sorted, means = t[idx], means[:, idx]
+    frac = (ts_sorted - ts_sorted[0]) / (ts_sorted[-1] - ts_sorted[0])
+    chord = means[:, :1] + frac[None, :] * (means[:, -1:] - means[:, :1])
+    boot = np.max(means - chord, axis=1)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)
 
 
 def _curve(ts: Any, losses: Any) -> tuple[np.ndarray, np.ndarray]:
