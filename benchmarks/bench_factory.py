@@ -19,6 +19,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def throughput(preset: str, steps: int = 20) -> float:
@@ -60,6 +61,19 @@ def build(preset: str, out: Path) -> tuple[float, object]:
     return time.perf_counter() - t0, fam
 
 
+def members(root: Path) -> SimpleNamespace:
+    """The checkpoint dirs present under a family root (a build still running is fine)."""
+    def present(pattern: str) -> list[Path]:
+        return sorted(p for p in root.glob(pattern) if (p / "model.safetensors").is_file())
+
+    annealed = root / "annealed"
+    return SimpleNamespace(
+        tokenizer=root / "tokenizer", heldout=root / "heldout.txt", trajectory=present("trajectory/step-*"),
+        siblings=present("siblings/sibling-*"), independent=present("independent/independent-*"),
+        annealed=annealed if (annealed / "model.safetensors").is_file() else None,
+    )
+
+
 def soup_table(fam) -> list[tuple[str, str, float, float]]:
     """(member, kind, held-out perplexity, nll) for every checkpoint, the soup and the control."""
     from workbench.checkpoints import load_model, load_tokenizer
@@ -89,17 +103,32 @@ def soup_table(fam) -> list[tuple[str, str, float, float]]:
     return rows
 
 
+def print_table(rows: list[tuple[str, str, float, float]]) -> None:
+    print("\n| member | held-out perplexity | nll (nats/token) |\n|---|---:|---:|")
+    for name, _, ppl, nll in rows:
+        print(f"| {name} | {ppl:.3f} | {nll:.4f} |")
+    best = min(r[2] for r in rows if r[1] == "checkpoint")
+    soup = next(r for r in rows if r[1] == "soup")
+    print(f"\nsoup vs best trajectory checkpoint: {soup[2]:.3f} vs {best:.3f} "
+          f"({'soup better' if soup[2] < best else 'soup NOT better'})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/factory"))
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--reuse-demo", action="store_true", help="score an already built demo family (no build timing)")
+    ap.add_argument("--score-only", type=Path, default=None,
+                    help="only score the checkpoints present in this family dir (no throughput, no builds)")
     args = ap.parse_args()
     import torch
 
     from workbench.factory import load_family
 
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.score_only is not None:
+        print_table(soup_table(members(args.score_only)))
+        return
     load = os.getloadavg()
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
@@ -121,14 +150,7 @@ def main() -> None:
         print(f"demo family build: {secs:.1f} s ({fam.info['n_params']:,} parameters; "
               f"per-run tokens/s {fam.info['build']['tokens_per_s']})", flush=True)
     print(f"load average after the demo build: {os.getloadavg()[0]:.1f}", flush=True)
-    rows = soup_table(fam)
-    best_ckpt = min(r[2] for r in rows if r[1] == "checkpoint")
-    print("\n| member | held-out perplexity | nll (nats/token) |\n|---|---:|---:|")
-    for name, kind, ppl, nll in rows:
-        print(f"| {name} | {ppl:.3f} | {nll:.4f} |")
-    soup = next(r for r in rows if r[1] == "soup")
-    print(f"\nsoup vs best trajectory checkpoint: {soup[2]:.3f} vs {best_ckpt:.3f} "
-          f"({'soup better' if soup[2] < best_ckpt else 'soup NOT better'})", flush=True)
+    print_table(soup_table(fam))
     if not args.skip_tiny:
         secs, tiny = build("tiny", args.work / "tiny")
         print(f"tiny family build: {secs:.1f} s ({tiny.info['n_params']:,} parameters; "

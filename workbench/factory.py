@@ -949,6 +949,23 @@ def train_family(
         losses: dict[str, list] = {}
         losses["trajectory"] = _curve(trainer.run(traj), 0, 10)
 
+        # the annealed control first: with the trajectory it is all a soup comparison needs
+        ann_entry = None
+        if recipe.annealed.enabled:
+            a0, n = recipe.window_start(), recipe.annealed_steps()
+            d = root / "annealed"
+            run = _Run(
+                name="annealed", init_seed=seed, data_seed=seed, start_step=a0, end_step=a0 + n,
+                lr_fn=lambda s: lr_at(s, lr=o.lr, warmup=0, min_ratio=o.min_lr_ratio, decay_start=a0,
+                                      decay_steps=n, decay=recipe.annealed.decay),
+                save_steps={a0 + n: d},
+                state_steps=set(range(a0 + tr.checkpoint_every, a0 + n, tr.checkpoint_every)),
+                branch_from=anneal_state,
+            )
+            losses["annealed"] = _curve(trainer.run(run), a0, 10)
+            ann_entry = {"path": "annealed", "from_step": a0, "steps": n, "decay": recipe.annealed.decay,
+                         "tokens": (a0 + n) * B * S}
+
         sib_entries = []
         if recipe.siblings.count:
             n = recipe.sibling_steps()
@@ -981,22 +998,6 @@ def train_family(
                 losses[name] = _curve(trainer.run(run), 0, 10)
                 ind_entries.append({"path": f"independent/{name}", "init_seed": s_i, "data_seed": s_i, "steps": n,
                                     "tokens": n * B * S})
-
-        ann_entry = None
-        if recipe.annealed.enabled:
-            a0, n = recipe.window_start(), recipe.annealed_steps()
-            d = root / "annealed"
-            run = _Run(
-                name="annealed", init_seed=seed, data_seed=seed, start_step=a0, end_step=a0 + n,
-                lr_fn=lambda s: lr_at(s, lr=o.lr, warmup=0, min_ratio=o.min_lr_ratio, decay_start=a0,
-                                      decay_steps=n, decay=recipe.annealed.decay),
-                save_steps={a0 + n: d},
-                state_steps=set(range(a0 + tr.checkpoint_every, a0 + n, tr.checkpoint_every)),
-                branch_from=anneal_state,
-            )
-            losses["annealed"] = _curve(trainer.run(run), a0, 10)
-            ann_entry = {"path": "annealed", "from_step": a0, "steps": n, "decay": recipe.annealed.decay,
-                         "tokens": (a0 + n) * B * S}
 
         n_params = sum(p.numel() for p in _new_model(config, seed, "cpu").parameters())
         info.update(
