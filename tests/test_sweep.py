@@ -286,7 +286,7 @@ def _count_cached(sweep: Path, cache: Path) -> dict[int, bool]:
 
 
 def test_sigkill_midway_then_resume(family, shared_data, tmp_path):
-    ts = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    ts = [0.0, 0.25, 0.5, 0.75, 1.0]
     sweep = _write_sweep(tmp_path / "sweep.yaml", family, shared_data, ts=ts)
     cache, out = tmp_path / "cache", tmp_path / "out"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

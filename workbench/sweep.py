@@ -39,13 +39,12 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import math
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
