@@ -45,6 +45,19 @@ def demo_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return Path(path).absolute() if path is not None else None
 
 
+def reuse_family(family_dir: str | os.PathLike, preset: str) -> Any:
+    """The complete family of ``preset`` already in ``family_dir``, else None (then it is built or resumed)."""
+    from workbench.factory import load_family
+
+    if not (Path(family_dir) / "family.yaml").is_file():
+        return None
+    try:
+        family = load_family(family_dir)
+    except WorkbenchError:  # incomplete: train_family resumes it
+        return None
+    return family if family.recipe.name == preset else None
+
+
 def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
                     subsample: int | None = DEMO_SUBSAMPLE) -> dict[str, dict[str, Any]]:
     """Notebook name -> papermill parameters for a family (see the module docstring)."""
@@ -95,7 +108,9 @@ def run_demo(
     start = time.perf_counter()
     nb_dir = notebooks_dir()
     data = demo_data_dir(data_dir)
-    family = train_family(preset, family_dir, data_dir=data, device=device, progress=progress)
+    family = reuse_family(family_dir, preset)
+    if family is None:
+        family = train_family(preset, family_dir, data_dir=data, device=device, progress=progress)
     params = demo_parameters(family, data, device, subsample)
     out_path = Path(out)
     with atomic_output_dir(out_path, overwrite=True) as tmp:
