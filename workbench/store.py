@@ -23,9 +23,10 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from workbench.checkpoints import write_bytes_atomic
 
 _MAGIC = b"WBRES1\n"
 DEFAULT_ROOT = Path("data") / "cache" / "results"
@@ -106,18 +107,5 @@ class ResultStore:
                   "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
         blob = _MAGIC + _canonical(header).encode() + b"\n" + payload
         p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_bytes_atomic(p, blob)
         return p
