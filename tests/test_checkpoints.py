@@ -282,3 +282,18 @@ def test_large_tensors_stream_in_chunks(models, tmp_path, monkeypatch):
     with pytest.raises(WorkbenchError, match="model.embed_tokens.weight.*Inf"):
         merge_to_disk(recipe, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    """Outputs are readable like any file the user writes, not private temp-file modes."""
+    import os
+    import stat
+
+    from workbench.checkpoints import atomic_output_dir, write_bytes_atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    with atomic_output_dir(tmp_path / "out") as tmp:
+        write_bytes_atomic(tmp / "f.bin", b"x")
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((tmp_path / "out" / "f.bin").stat().st_mode) == 0o666 & ~mask

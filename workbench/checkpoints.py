@@ -102,6 +102,20 @@ _HEADER_LIMIT = 100 * 1024 * 1024
 # atomic writes
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _ordinary_mode(path: Path, *, directory: bool) -> None:
+    """Give a mkstemp/mkdtemp product the mode a plain open()/mkdir() would (0600/0700 otherwise)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
 
@@ -117,6 +131,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _ordinary_mode(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -161,6 +176,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False) ->
         raise WorkbenchError(f"output path {out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    _ordinary_mode(tmp, directory=True)
     try:
         yield tmp
     except BaseException:
