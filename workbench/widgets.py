@@ -26,12 +26,10 @@ Example (in a notebook)::
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,37 +90,6 @@ def primary_metric(task: str, summary: dict[str, dict[str, float]]) -> float | N
         if key in s:
             return float(s[key])
     return None
-
-
-@contextlib.contextmanager
-def _cached_blimp() -> Iterator[None]:
-    """Read BLiMP's 67 files once per session instead of once per evaluation.
-
-    The explorer evaluates the same items hundreds of times; parsing 67,000 records each
-    time would dominate the latency. The loader is wrapped with a memo for the duration
-    of the block only (same arguments -> same records; the data files are read-only).
-    """
-    import workbench.eval.data as data
-
-    original = data.load_blimp
-    if getattr(original, "_workbench_memo", False):
-        yield
-        return
-    memo: dict[Any, Any] = {}
-
-    @functools.wraps(original)
-    def load_blimp(data_dir, paradigms=None):
-        key = (str(data_dir), tuple(paradigms) if paradigms is not None else None)
-        if key not in memo:
-            memo[key] = original(data_dir, paradigms)
-        return memo[key]
-
-    load_blimp._workbench_memo = True  # type: ignore[attr-defined]
-    data.load_blimp = load_blimp
-    try:
-        yield
-    finally:
-        data.load_blimp = original
 
 
 def notebook_models(models: Sequence[str] | None, recipe: str | None = None, *, count: int | None = None) -> list[str]:
@@ -220,9 +187,8 @@ class ExplorerSession:
         self.evaluations = 0
         self._lock = threading.Lock()
         self.labels = [_label(m) for m in self.models]
-        with _cached_blimp():
-            first = evaluate(self.model, self.tokenizer, self.tasks, data_dir=data_dir, limit=limit, seed=self.seed,
-                             device=self.device, batch_size=batch_size, progress=False)
+        first = evaluate(self.model, self.tokenizer, self.tasks, data_dir=data_dir, limit=limit, seed=self.seed,
+                         device=self.device, batch_size=batch_size, progress=False)
         split = dev_test_split(first.items, seed=self.seed, dev_fraction=dev_fraction)
         dev = split.filter(pl.col("split") == "dev")
         if dev.height == 0:
@@ -254,9 +220,9 @@ class ExplorerSession:
         from workbench.eval import evaluate
 
         t0 = time.perf_counter()
-        with _cached_blimp():
-            res = evaluate(self.model, self.tokenizer, self.tasks, data_dir=self.data_dir, item_ids=self.item_ids,
-                           seed=self.seed, device=self.device, batch_size=self.batch_size, progress=False)
+        # BLiMP records and token encodings are memoised by workbench.eval, so each call only scores
+        res = evaluate(self.model, self.tokenizer, self.tasks, data_dir=self.data_dir, item_ids=self.item_ids,
+                       seed=self.seed, device=self.device, batch_size=self.batch_size, progress=False)
         self.evaluations += 1
         metrics = {task: primary_metric(task, res.summary) for task in self.tasks}
         return PointResult(method, t, t_attn, t_mlp, metrics, field_accuracy(res.items), merge_s,
