@@ -151,6 +151,18 @@ def test_limit_is_stratified_and_seeded(mt, shared_data):
     assert 0.0 <= s["tie_rate,none"] <= 1.0
 
 
+def test_limit_per_task_mapping(tmp_path, mt, shared_data):
+    """A mapping gives each task its own subsample size; a task left out keeps all its items."""
+    text = tmp_path / "held.txt"
+    text.write_text("\n\n".join(f"document number {i} has a few words." for i in range(7)) + "\n")
+    tasks = f"blimp_adjunct_island,arc_easy,text:{text}"
+    res = evaluate(*mt, tasks, data_dir=shared_data, limit={"blimp_adjunct_island": 3, "arc_easy": 4}, progress=False)
+    counts = dict(res.items.group_by("task").len().iter_rows())
+    assert counts == {"blimp_adjunct_island": 3, "arc_easy": 4, f"text:{text}": 7}
+    same = evaluate(*mt, "arc_easy", data_dir=shared_data, limit=4, progress=False)
+    assert same.items["item_id"].to_list() == res.items.filter(res.items["task"] == "arc_easy")["item_id"].to_list()
+
+
 def test_cache_serves_second_run_and_recomputes_truncated_entry(tmp_path, mt, shared_data):
     model, tok = mt
     counting = Counting(model)

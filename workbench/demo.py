@@ -21,7 +21,9 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-#: Evaluation settings of the demo report (items per BLiMP paradigm / ARC stratum).
+#: Evaluation settings of the demo report: benchmarks subsampled (items per BLiMP paradigm /
+#: ARC stratum); the family's held-out text is added in full, since that is where a trajectory
+#: soup's gain is expected (see benchmarks/RESULTS.md, checkpoint factory).
 DEMO_TASKS = ["blimp", "arc_easy"]
 DEMO_SUBSAMPLE = 20
 DEMO_T_GRID = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -71,7 +73,9 @@ def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
         "soup_report": {
             "models": [str(p) for p in family.trajectory],
             "control": str(family.annealed) if family.annealed is not None else None,
-            "tasks": DEMO_TASKS, "t_grid": DEMO_T_GRID, "subsample": subsample, "seed": 0,
+            "tasks": [*DEMO_TASKS, f"text:{family.heldout}"], "t_grid": DEMO_T_GRID,
+            "subsample": None if subsample is None else {task: subsample for task in DEMO_TASKS},
+            "seed": 0,
             "device": device or "cpu", "data_dir": dd,
         },
         "layer_angles": {"models": [str(p) for p in angle_models], "t": 0.5},

@@ -555,7 +555,7 @@ def evaluate(
     tasks: str | Iterable[str],
     *,
     data_dir: str | Path | None = None,
-    limit: float | None = None,
+    limit: float | Mapping[str, float | None] | None = None,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
@@ -575,6 +575,8 @@ def evaluate(
     (:class:`workbench.store.ResultStore`) each task's result is cached under the model
     fingerprint (computed from the weights when not given), the task and the settings.
     ``item_ids`` restricts the items (a collection, or a mapping task -> collection).
+    ``limit`` is one subsample size for every task, or a mapping task -> size (a task
+    missing from the mapping is evaluated on all its items).
 
     Example (a data directory laid out like the reference data)::
 
@@ -611,7 +613,8 @@ def evaluate(
     ctx = _Ctx(model, tok, mlen, batch_size, dev, progress)
     results = []
     for task in task_list:
-        settings = dict(base)
+        task_limit = limit.get(task) if isinstance(limit, Mapping) else limit
+        settings = {**base, "limit": task_limit}
         if task == "arc_easy":
             settings["arc_split"] = arc_split
         if task == "wikitext":
@@ -632,13 +635,13 @@ def evaluate(
             results.append(cached)
             continue
         if task == "blimp" or task.startswith("blimp_"):
-            r = run_blimp(ctx, task, ddir, limit, seed, wanted)
+            r = run_blimp(ctx, task, ddir, task_limit, seed, wanted)
         elif task == "arc_easy":
-            r = run_arc_easy(ctx, task, ddir, limit, seed, wanted, arc_split)
+            r = run_arc_easy(ctx, task, ddir, task_limit, seed, wanted, arc_split)
         elif task == "wikitext":
-            r, _variant = run_wikitext(ctx, task, ddir, limit, seed, wanted, wikitext_split)
+            r, _variant = run_wikitext(ctx, task, ddir, task_limit, seed, wanted, wikitext_split)
         else:
-            r = run_text(ctx, task, limit, seed, wanted)
+            r = run_text(ctx, task, task_limit, seed, wanted)
         r.settings = {**{k: v for k, v in settings.items() if k in base}, "tasks": [task],
                       "per_task": {task: {k: v for k, v in settings.items() if k not in base}},
                       "model_fingerprint": fp, "device": str(dev), "batch_size": batch_size}
