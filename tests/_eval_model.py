@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 CORPUS_FILES = ("brown.txt", "webtext.txt")
 
 
@@ -76,3 +79,17 @@ def _build(out_dir: Path, shared_data: Path, vocab_size: int, max_len: int, step
     tok.save_pretrained(out_dir)
     (out_dir / "done.json").write_text(json.dumps({"final_loss": float(loss.detach())}))
     return out_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: the tiny model gains nothing from more, and shared CI cores stay free."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, shared_data) -> Path:
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "eval_tiny_model", shared_data)

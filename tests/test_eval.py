@@ -12,26 +12,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _eval_model import build_tiny_model  # noqa: E402
+from _eval_model import _one_thread, build_tiny_model, tiny_model_dir  # noqa: E402,F401  (fixtures)
 
 from workbench.errors import WorkbenchError
 from workbench.eval import EvalResult, evaluate, score_requests
 from workbench.eval.tasks import rolling_windows
 from workbench.store import ResultStore
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the tiny model gains nothing from more, and shared CI cores stay free."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, shared_data) -> Path:
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "eval_tiny_model", shared_data)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _eval_model import build_tiny_model  # noqa: E402
+from _eval_model import _one_thread, build_tiny_model, tiny_model_dir  # noqa: E402,F401  (fixtures)
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
@@ -30,20 +30,6 @@ lm_eval = pytest.importorskip("lm_eval")
 PARADIGMS = ("adjunct_island", "determiner_noun_agreement_2", "principle_A_c_command")
 WIKI_DOCS = ("0", "1", "2")
 LL_TOL = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the tiny model gains nothing from more, and shared CI cores stay free."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, shared_data) -> Path:
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "eval_tiny_model", shared_data)
 
 
 @pytest.fixture(scope="module")
