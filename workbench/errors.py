@@ -7,6 +7,8 @@ The CLI prints that sentence and exits non-zero; library callers can catch it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class WorkbenchError(Exception):
     """A user-facing error: the message alone must tell what is wrong and where.
@@ -14,3 +16,20 @@ class WorkbenchError(Exception):
     >>> str(WorkbenchError("model.safetensors: tensor 'x' has shape (2,), expected (3,)"))
     "model.safetensors: tensor 'x' has shape (2,), expected (3,)"
     """
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)``, with a syntax error turned into one WorkbenchError naming ``where``.
+
+    >>> parse_yaml("a: [1, 2]", "recipe.yaml")
+    {'a': [1, 2]}
+    >>> parse_yaml("a: [1", "recipe.yaml")
+    Traceback (most recent call last):
+    workbench.errors.WorkbenchError: recipe.yaml: not valid YAML (...)
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise WorkbenchError(f"{where}: not valid YAML ({err})") from None

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Seq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, parse_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -244,10 +244,7 @@ def load_train_recipe(path_or_preset: "str | os.PathLike | Mapping[str, Any] | T
         raise WorkbenchError(
             f"training recipe {text}: no such file (presets: {', '.join(PRESETS)})"
         )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise WorkbenchError(f"training recipe {path}: not valid YAML ({err})") from None
+    data = parse_yaml(path.read_text(encoding="utf-8"), f"training recipe {path}")
     if not isinstance(data, dict):
         raise WorkbenchError(f"training recipe {path}: expected a mapping at the top level")
     return _validate(data, str(path))
@@ -549,10 +546,7 @@ def load_family(out_dir: "str | os.PathLike") -> Family:
     fy = root / FAMILY_FILE
     if not fy.is_file():
         raise WorkbenchError(f"{root}: no {FAMILY_FILE}: not a checkpoint family directory")
-    try:
-        info = yaml.safe_load(fy.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise WorkbenchError(f"{fy}: not valid YAML ({err})") from None
+    info = parse_yaml(fy.read_text(encoding="utf-8"), str(fy))
     if not isinstance(info, dict) or info.get("format") != FAMILY_FORMAT:
         raise WorkbenchError(f"{fy}: not a workbench family file (format {FAMILY_FORMAT} expected)")
     if info.get("status") != "complete":
@@ -1070,10 +1064,7 @@ def _read_family_yaml(root: Path) -> dict | None:
     fy = root / FAMILY_FILE
     if not fy.is_file():
         return None
-    try:
-        info = yaml.safe_load(fy.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise WorkbenchError(f"{fy}: not valid YAML ({err})") from None
+    info = parse_yaml(fy.read_text(encoding="utf-8"), str(fy))
     return info if isinstance(info, dict) else {}
 
 

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, parse_yaml
 
 #: The kernel name written into the notebooks and used for headless runs.
 KERNEL_NAME = "python3"
@@ -58,10 +57,7 @@ def parse_param_value(text: str) -> Any:
     >>> parse_param_value("null") is None
     True
     """
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise WorkbenchError(f"parameter value {text!r} is not valid YAML: {err}") from None
+    return parse_yaml(text, f"parameter value {text!r}")
 
 
 def parse_param_pairs(args: Sequence[str]) -> list[tuple[str, str]]:
@@ -100,10 +96,7 @@ def collect_parameters(
         path = Path(params_file)
         if not path.is_file():
             raise WorkbenchError(f"{path}: parameters file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise WorkbenchError(f"{path}: not valid YAML: {err}") from None
+        loaded = parse_yaml(path.read_text(encoding="utf-8"), str(path))
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

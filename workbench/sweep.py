@@ -51,7 +51,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, parse_yaml
 
 #: Merge parameters an axis may set (mergekit names).
 MERGE_PARAMETERS: tuple[str, ...] = ("t", "weight", "density", "epsilon", "lambda")
@@ -144,10 +144,7 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any], *, root: str | os.
                 root = path.resolve().parent
         else:
             text = str(source)
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise WorkbenchError(f"{name}: not valid YAML ({err})") from None
+        data = parse_yaml(text, name)
     if not isinstance(data, dict):
         raise WorkbenchError(f"{name}: a sweep file must be a mapping (ingredients, recipe, axes, tasks)")
     data.pop("root", None)
@@ -262,10 +259,7 @@ def base_recipe_dict(spec: SweepSpec) -> dict[str, Any]:
             path = path if path.is_absolute() else root / path
             if not path.is_file():
                 raise WorkbenchError(f"{path}: recipe file not found")
-            try:
-                recipe = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as err:
-                raise WorkbenchError(f"{path}: not valid YAML ({err})") from None
+            recipe = parse_yaml(path.read_text(encoding="utf-8"), str(path))
             if not isinstance(recipe, dict):
                 raise WorkbenchError(f"{path}: a recipe must be a mapping")
         else:

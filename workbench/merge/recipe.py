@@ -48,7 +48,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, parse_yaml
 
 __all__ = [
     "METHODS",
@@ -303,10 +303,7 @@ def load_recipe(source: "str | os.PathLike | dict | MergeRecipe") -> MergeRecipe
             text = p.read_text(encoding="utf-8")
         else:
             text = str(source)
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise WorkbenchError(f"{where}: not valid YAML ({err})") from None
+        data = parse_yaml(text, where)
         if not isinstance(data, dict):
             raise WorkbenchError(f"{where}: expected a YAML mapping with merge_method and models/slices")
     try:
