@@ -62,6 +62,75 @@ def test_scorer_matches_one_request_at_a_time(mt):
     assert res.n_forward_sequences < len(reqs)  # shared sequences scored once
 
 
+def _shared_prefix_requests(tok):
+    """ARC-like (one question, four answers) and BLiMP-like (minimal pairs) requests."""
+    q = tok("Question: Which animal sat on the mat?\nAnswer:", add_special_tokens=False)["input_ids"]
+    answers = [" the cat", " a dog", " the cat and the dog", " nobody"]
+    reqs = [([0] + q, tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    for good, bad in [("The cats sit.", "The cats sits."), ("She has eaten.", "She have eaten."),
+                      ("Who did you see?", "Who did you see him?")]:
+        reqs += [([0], tok(" " + good, add_special_tokens=False)["input_ids"]),
+                 ([0], tok(" " + bad, add_special_tokens=False)["input_ids"])]
+    return reqs
+
+
+def test_prefix_sharing_gives_the_plain_scores_with_fewer_tokens(mt, monkeypatch):
+    from workbench.eval import scoring
+
+    model, tok = mt
+    reqs = _shared_prefix_requests(tok)
+    plain = score_requests(model, reqs, max_length=128, share_prefixes=False, progress=False)
+    shared = score_requests(model, reqs, max_length=128, share_prefixes=True, progress=False)
+    assert not plain.prefix_sharing and shared.prefix_sharing
+    assert shared.loglik == pytest.approx(plain.loglik, abs=1e-4)
+    assert shared.n_forward_tokens < plain.n_forward_tokens
+    for (c, x), got in zip(reqs, shared.loglik):
+        assert got == pytest.approx(_naive(model, c, x, 128), abs=1e-4)
+    # small rows: trees split across rows and batches, longer sequences left to the plain path
+    monkeypatch.setattr(scoring, "PACKED_ROW_NODES", 12)
+    split = score_requests(model, reqs, max_length=128, batch_size=1, share_prefixes=True, progress=False)
+    assert split.prefix_sharing and split.loglik == pytest.approx(plain.loglik, abs=1e-4)
+
+
+class IgnoresPositions(torch.nn.Module):
+    """Takes position_ids and a mask but drops both (like a wrapper written for plain batches)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, **kwargs):
+        return self.inner(input_ids=input_ids)
+
+
+def test_prefix_sharing_is_checked_against_the_plain_path(mt):
+    model, tok = mt
+    reqs = _shared_prefix_requests(tok)
+    plain = score_requests(model, reqs, max_length=128, share_prefixes=False, progress=False)
+    auto = score_requests(IgnoresPositions(model), reqs, max_length=128, progress=False)
+    assert not auto.prefix_sharing  # the check failed: everything ran the plain way
+    assert auto.loglik == pytest.approx(plain.loglik, abs=1e-4)
+    with pytest.raises(WorkbenchError, match="prefix sharing changes"):
+        score_requests(IgnoresPositions(model), reqs, max_length=128, share_prefixes=True, progress=False)
+    with pytest.raises(WorkbenchError, match="position_ids"):
+        score_requests(Counting(model), reqs, max_length=128, share_prefixes=True, progress=False)
+
+
+def test_fast_tokenizer_path_is_checked_before_use(mt, monkeypatch):
+    from workbench.eval.tasks import _Tok
+
+    _, tok = mt
+    strings = [" The cats sit.", " She has eaten.", " Who did you see?"] * 20
+    expected = [list(x) for x in tok(strings, add_special_tokens=False)["input_ids"]]
+    assert _Tok(tok)._encode_batch(strings, False) == expected
+    backend = tok._tokenizer
+    wrong = lambda xs, add_special_tokens: [type("E", (), {"ids": [1]})() for _ in xs]  # noqa: E731
+    monkeypatch.setattr(type(tok), "_tokenizer", property(lambda self: type("B", (), {
+        "encode_batch_fast": staticmethod(wrong), "truncation": None, "padding": None,
+        "__getattr__": lambda s, name: getattr(backend, name)})()), raising=False)
+    assert _Tok(tok)._encode_batch(strings, False) == expected  # the sample check caught the wrong ids
+
+
 def test_scorer_rejects_overlong_continuation(mt):
     with pytest.raises(WorkbenchError, match="exceeds the model's maximum length"):
         score_requests(mt[0], [([0], list(range(1, 20)))], max_length=8, progress=False)
@@ -147,6 +216,11 @@ def test_limit_per_task_mapping(tmp_path, mt, shared_data):
     assert counts == {"blimp_adjunct_island": 3, "arc_easy": 4, f"text:{text}": 7}
     same = evaluate(*mt, "arc_easy", data_dir=shared_data, limit=4, progress=False)
     assert same.items["item_id"].to_list() == res.items.filter(res.items["task"] == "arc_easy")["item_id"].to_list()
+    # the scorer's prefix sharing is recorded next to the numbers (ARC's answers share the question)
+    assert same.settings["per_task"]["arc_easy"]["prefix_sharing"] is True
+    off = evaluate(*mt, "arc_easy", data_dir=shared_data, limit=4, progress=False, share_prefixes=False)
+    assert off.settings["per_task"]["arc_easy"]["prefix_sharing"] is False
+    assert off.items["loglik"].to_list() == pytest.approx(same.items["loglik"].to_list(), abs=1e-4)
 
 
 def test_cache_serves_second_run_and_recomputes_truncated_entry(tmp_path, mt, shared_data):

@@ -133,6 +133,10 @@ def eval_command(
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Sequences per forward pass.")] = 64,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse results from the results cache ($WORKBENCH_CACHE).")] = True,
+    share_prefixes: Annotated[
+        bool, typer.Option("--share-prefixes/--no-share-prefixes",
+                           help="Run tokens shared by several sequences once (checked against the plain path).")
+    ] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
 ) -> None:
     """Evaluate MODEL on TASKS and write per-item results and an lm-eval style summary to --out."""
@@ -155,6 +159,7 @@ def eval_command(
     result = evaluate(
         net, tok, task_list, data_dir=data_dir, limit=limit_arg, seed=seed, batch_size=batch_size, device=dev,
         progress=True, store=ResultStore() if cache else None, model_fingerprint=ck.fingerprint() if cache else None,
+        share_prefixes=None if share_prefixes else False,
     )
     result.settings["model"] = str(ck.path)
     result.write(out, overwrite=overwrite)

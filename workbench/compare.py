@@ -758,7 +758,7 @@ class EnsembleLM(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         acc = None
         for m in self.members:
-            out = m(input_ids=input_ids, attention_mask=attention_mask)
+            out = m(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             lp = torch.log_softmax(out.logits.float(), dim=-1)
             acc = lp if acc is None else torch.logaddexp(acc, lp)
         return _LogitsOutput(acc - math.log(len(self.members)))
