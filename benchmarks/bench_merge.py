@@ -8,7 +8,11 @@ same run on the same machine:
   peak RSS of the process, from ``resource.getrusage(RUSAGE_CHILDREN)`` in a fresh wrapper);
 * in process: the merge call alone after imports: ``merge_to_disk`` and ``merge_in_memory``
   (cold and warm ingredient cache) vs mergekit's ``run_merge``;
-* GB/s: (bytes read + bytes written) / time.
+* GB/s: (bytes read + bytes written) / time;
+* floors, in the same run: ``python -c pass`` and ``python -c 'import torch'`` as whole
+  processes (no torch-based tool can start faster), and reading both inputs plus writing
+  one output's bytes with no math (no to-disk merge can be faster), each with the best
+  ratio against mergekit it allows.
 
 Usage::
 
@@ -95,6 +99,32 @@ INPROC = textwrap.dedent(
 )
 
 
+COPY_FLOOR = textwrap.dedent(
+    """
+    import json, os, sys, time
+    a, b, out = sys.argv[1:4]
+    chunk = 8 << 20  # cache-resident buffers: the copies, not page faults, are measured
+    buf_a, buf_b = bytearray(chunk), bytearray(chunk)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fa, fb = os.open(a, os.O_RDONLY), os.open(b, os.O_RDONLY)
+        fo = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        size, off = os.path.getsize(a), 0
+        while off < size:
+            got = os.preadv(fa, [buf_a], off)
+            os.preadv(fb, [buf_b], off)
+            os.pwrite(fo, memoryview(buf_a)[:got], off)
+            off += got
+        for fd in (fa, fb, fo):
+            os.close(fd)
+        best = min(best, time.perf_counter() - t0)
+        os.unlink(out)
+    print(json.dumps({"copy_s": best}))
+    """
+)
+
+
 def make_models(out: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(ROOT))
     from workbench.checkpoints import write_random_llama
@@ -133,8 +163,14 @@ def main() -> None:
     io_bytes = 3 * model_bytes  # two inputs read, one output written
     wb_cli = [str(BIN / "workbench"), "merge", str(recipe), "OUT", "--device", args.device]
     mk_cli = [str(BIN / "mergekit-yaml"), str(recipe), "OUT"] + (["--cuda"] if args.device.startswith("cuda") else [])
-    results: dict[str, list[dict]] = {"workbench_cli": [], "mergekit_cli": [], "workbench_inproc": [], "mergekit_inproc": []}
+    results: dict[str, list[dict]] = {"workbench_cli": [], "mergekit_cli": [], "workbench_inproc": [], "mergekit_inproc": [],
+                                      "python_cli": [], "import_torch_cli": [], "copy_floor": []}
     for i in range(args.repeats):
+        # floors: what any Python + torch process, and any to-disk merge, costs on this machine
+        for key, code in (("python_cli", "pass"), ("import_torch_cli", "import torch")):
+            results[key].append(run_json([sys.executable, "-c", WRAPPER, sys.executable, "-c", code]))
+        results["copy_floor"].append(run_json([sys.executable, "-c", COPY_FLOOR, str(a / "model.safetensors"),
+                                               str(b / "model.safetensors"), str(args.out / "copy_floor.bin")]))
         for key, cmd in (("workbench_cli", wb_cli), ("mergekit_cli", mk_cli)):
             out = args.out / f"{key}_{i}"
             shutil.rmtree(out, ignore_errors=True)
@@ -151,6 +187,8 @@ def main() -> None:
     wb_d, mk_d = med("workbench_inproc", "to_disk_s"), med("mergekit_inproc", "to_disk_s")
     wb_c, wb_h = med("workbench_inproc", "in_memory_cold_s"), med("workbench_inproc", "in_memory_warm_s")
     wb_i = med("workbench_inproc", "in_memory_into_s")
+    py_w, torch_w = med("python_cli", "wall_s"), med("import_torch_cli", "wall_s")
+    copy_s = med("copy_floor", "copy_s")
     gbs = lambda s: io_bytes / s / 1e9  # noqa: E731
     import torch
 
@@ -174,6 +212,15 @@ def main() -> None:
         f"{mk_d / wb_i:.1f}x |",
         f"| GB/s (read + written) merge to disk | {gbs(wb_d):.2f} | {gbs(mk_d):.2f} | |",
         f"| GB/s merge in memory, warm, into existing tensors | {gbs(wb_i):.2f} | | |",
+        "",
+        "Floors on this machine, same run (no merge tool involved):",
+        "",
+        "| floor | time | best ratio any tool could reach against mergekit |",
+        "|---|---|---|",
+        f"| `python -c pass`, whole process (s) | {py_w:.2f} | |",
+        f"| `python -c 'import torch'`, whole process (s) | {torch_w:.2f} | {mk_w / torch_w:.1f}x (whole process) |",
+        f"| read both inputs + write one output in 8 MB chunks, no math, in process, best of 3 (s) | {copy_s:.2f} | "
+        f"{mk_d / copy_s:.1f}x (in process, to disk) |",
     ]
     print("\n".join(lines))
     if args.json:

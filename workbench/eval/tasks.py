@@ -589,7 +589,7 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate ``model`` on ``tasks`` with lm-eval 0.4.13 conventions; per-item results.
 
-    ``model`` is any module whose ``model(input_ids=..., attention_mask=...)`` returns
+    ``model`` is any module whose ``model(input_ids=..., attention_mask=..., [position_ids=...])`` returns
     an object with ``.logits``; ``tokenizer`` a Hugging Face tokenizer. Data comes from
     ``data_dir`` (or ``$WORKBENCH_DATA_DIR``, else the Hub). With a ``store``
     (:class:`workbench.store.ResultStore`) each task's result is cached under the model
