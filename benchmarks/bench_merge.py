@@ -219,6 +219,7 @@ def main() -> None:
         "|---|---|---|",
         f"| `python -c pass`, whole process (s) | {py_w:.2f} | |",
         f"| `python -c 'import torch'`, whole process (s) | {torch_w:.2f} | {mk_w / torch_w:.1f}x (whole process) |",
+        f"| `python -c 'import torch'`, peak RSS (MB) | {med('import_torch_cli', 'peak_rss_mb'):.0f} | |",
         f"| read both inputs + write one output in 8 MB chunks, no math, in process, best of 3 (s) | {copy_s:.2f} | "
         f"{mk_d / copy_s:.1f}x (in process, to disk) |",
     ]

@@ -66,7 +66,7 @@ def test_planted_null_model_against_its_copy(family, shared_data, tmp_path):
               "--out", str(out)])
     cmp = pl.read_parquet(out / "tables" / "comparisons.parquet")
     assert cmp.height > 0
-    assert ((cmp["low"] <= 0) & (cmp["high"] >= 0)).all()
+    assert ((cmp["low"] <= 0) & (cmp["high"] >= 0)).all(), cmp.filter(~((cmp["low"] <= 0) & (cmp["high"] >= 0))).to_dicts()
     assert (cmp["call"] == "no evidence").all()
     text = (out / "verdict.md").read_text()
     assert "no evidence of a difference" in text

@@ -73,6 +73,23 @@ CURVE_TS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 ALPHA = 0.05
 #: Fewer paired items than this never yield a gain/loss call (percentile intervals are too narrow).
 MIN_ITEMS_FOR_CALL = 20
+#: Per-item differences within numerical precision count as ties: |a - b| <= ATOL + RTOL * |a|.
+#: ATOL is the tolerance the scorer is checked to against lm-eval (log-likelihoods within 1e-4),
+#: so float32 rounding (an ensemble of two copies of one model against that model, two scoring
+#: paths) is never called a difference.
+ROUNDING_ATOL, ROUNDING_RTOL = 1e-4, 1e-5
+
+
+def snap_rounding(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``b`` with every item within numerical precision of ``a`` replaced by ``a``'s value.
+
+    >>> snap_rounding(np.array([1.0, 2.0, -50.0]), np.array([1.00000003, 2.5, -50.0002])).tolist()
+    [1.0, 2.5, -50.0]
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    close = np.abs(a - b) <= ROUNDING_ATOL + ROUNDING_RTOL * np.abs(a)
+    return np.where(close, a, b)
 _LN2 = math.log(2.0)
 
 # Display order and human labels of the system kinds.
@@ -379,7 +396,7 @@ def build_panel(
             vals = td.values[metric.name]
             for subj, ref in pairs:
                 a = vals[alias.get(subj, subj)][test]
-                b = vals[alias.get(ref, ref)][test]
+                b = snap_rounding(a, vals[alias.get(ref, ref)][test])
                 r = paired_bootstrap(a, b, clusters=cl, weights=w, **boot)
                 mc = mcnemar_exact(a > 0.5, b > 0.5) if metric.binary else None
                 cmp_rows.append({
@@ -402,13 +419,15 @@ def build_panel(
                 for g in sorted(set(labels[test])):
                     gm = test & (labels == g)
                     for metric in td.metrics:
+                        sv = td.values[metric.name][subject][gm]
                         r = paired_bootstrap(
-                            td.values[metric.name][subject][gm], td.values[metric.name][best][gm],
+                            sv, snap_rounding(sv, td.values[metric.name][best][gm]),
                             clusters=td.clusters[gm] if level == "field" else None,
                             weights=_macro_weights(td.clusters, gm) if level == "field" else None, **boot)
                         group_rows.append(_group_row(task, level, g, metric, subject, best, r))
         for metric in td.metrics:
-            r = paired_bootstrap(td.values[metric.name][subject][test], td.values[metric.name][best][test],
+            sv = td.values[metric.name][subject][test]
+            r = paired_bootstrap(sv, snap_rounding(sv, td.values[metric.name][best][test]),
                                  clusters=cl, weights=_weights_for(td, metric, test), **boot)
             group_rows.append(_group_row(task, "task", task, metric, subject, best, r))
 
@@ -695,12 +714,13 @@ def curve_tables(
                 for t, k in zip(ts, keys):
                     if k in ends:
                         continue
-                    r = paired_bootstrap(vals[k][test], vals[ref][test], clusters=cl, weights=wt, **boot)
-                    p = mcnemar_exact(vals[k][test] > 0.5, vals[ref][test] > 0.5).p_value if metric.binary else r.p_value
+                    a, b = vals[k][test], snap_rounding(vals[k][test], vals[ref][test])
+                    r = paired_bootstrap(a, b, clusters=cl, weights=wt, **boot)
+                    p = mcnemar_exact(a > 0.5, b > 0.5).p_value if metric.binary else r.p_value
                     rows.append({"method": method, "task": task, "metric": metric.name, "t": t, "reference": ref,
                                  "n_items": int(test.sum()),
                                  "estimate": r.estimate, "low": r.low, "high": r.high, "p": p,
-                                 "identical": bool(np.array_equal(vals[k][test], vals[ref][test])),
+                                 "identical": bool(np.array_equal(a, b)),
                                  "higher_is_better": metric.higher_is_better, "unit": metric.unit,
                                  "scale": metric.scale, "primary": metric.primary, "selected": False})
                 p_adj = holm([r["p"] for r in rows])
