@@ -51,7 +51,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from workbench.errors import WorkbenchError, parse_yaml
+from workbench.errors import WorkbenchError, is_path_like_source, parse_yaml
 
 #: Merge parameters an axis may set (mergekit names).
 MERGE_PARAMETERS: tuple[str, ...] = ("t", "weight", "density", "epsilon", "lambda")
@@ -135,7 +135,7 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any], *, root: str | os.
     else:
         text = None
         path = Path(source)
-        if isinstance(source, os.PathLike) or ("\n" not in str(source) and path.suffix in (".yaml", ".yml", ".json")):
+        if is_path_like_source(source):
             if not path.is_file():
                 raise WorkbenchError(f"{path}: sweep file not found")
             name = str(path)

@@ -48,7 +48,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from workbench.errors import WorkbenchError, parse_yaml
+from workbench.errors import WorkbenchError, is_path_like_source, parse_yaml
 
 __all__ = [
     "METHODS",
@@ -295,7 +295,7 @@ def load_recipe(source: "str | os.PathLike | dict | MergeRecipe") -> MergeRecipe
         data = source
     else:
         text = None
-        if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and ":" not in source):
+        if is_path_like_source(source):
             p = Path(source)
             where = str(p)
             if not p.is_file():
