@@ -107,7 +107,8 @@ def test_prefix_sharing_is_checked_against_the_plain_path(mt):
     model, tok = mt
     reqs = _shared_prefix_requests(tok)
     plain = score_requests(model, reqs, max_length=128, share_prefixes=False, progress=False)
-    auto = score_requests(IgnoresPositions(model), reqs, max_length=128, progress=False)
+    with pytest.warns(UserWarning, match="prefix sharing switched off"):
+        auto = score_requests(IgnoresPositions(model), reqs, max_length=128, progress=False)
     assert not auto.prefix_sharing  # the check failed: everything ran the plain way
     assert auto.loglik == pytest.approx(plain.loglik, abs=1e-4)
     with pytest.raises(WorkbenchError, match="prefix sharing changes"):

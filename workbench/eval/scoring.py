@@ -38,6 +38,7 @@ everything before it (lm-evaluation-harness semantics). The scorer
 from __future__ import annotations
 
 import inspect
+import warnings
 from itertools import chain
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -403,6 +404,9 @@ def _run_packed(fwd: _Forward, rows: list[PackedRow], keys, batch_size: int, sha
                         f"prefix sharing changes this model's log-probabilities by up to {worst:.3g} "
                         "(the model ignores position_ids or custom 4-D attention masks); "
                         "run with prefix sharing off")
+                warnings.warn(f"prefix sharing switched off: it changed this model's log-probabilities by up to "
+                              f"{worst:.3g} (the model ignores position_ids or custom 4-D attention masks)",
+                              stacklevel=3)
                 return False
         token_lp.update(got)
         tick(sum(len(r.members) for r in batch))
