@@ -146,13 +146,22 @@ def test_rolling_windows_cover_every_token_once():
     assert all(len(c) + len(p) <= 6 for c, p in wins)
 
 
-def test_malformed_jsonl_names_file_and_line(tmp_path, mt):
+def test_malformed_jsonl_names_file_and_line(tmp_path, mt, tiny_model_dir):
     (tmp_path / "blimp").mkdir()
     good = {"sentence_good": "A cat.", "sentence_bad": "Cat a.", "field": "syntax", "linguistics_term": "t",
             "UID": "adjunct_island", "pairID": "0"}
     (tmp_path / "blimp" / "adjunct_island.jsonl").write_text(json.dumps(good) + "\n{not json\n")
     with pytest.raises(WorkbenchError, match=r"adjunct_island\.jsonl:2: malformed JSON"):
         evaluate(*mt, "blimp_adjunct_island", data_dir=tmp_path, progress=False)
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "--tasks", "blimp_adjunct_island", "--data-dir",
+                                 str(tmp_path), "--no-cache", "--out", str(out)])
+    assert r.exit_code == 2 and "adjunct_island.jsonl:2: malformed JSON" in r.output
+    assert not out.exists()  # nothing written
     (tmp_path / "blimp" / "adjunct_island.jsonl").write_text(json.dumps({"sentence_good": "x"}) + "\n")
     with pytest.raises(WorkbenchError, match=r"adjunct_island\.jsonl:1: missing field"):
         evaluate(*mt, "blimp_adjunct_island", data_dir=tmp_path, progress=False)
@@ -291,6 +300,7 @@ def test_cli_eval_and_model_without_tokenizer(tmp_path, tiny_model_dir, shared_d
     assert "tokenizer" in r.output and not (tmp_path / "res2").exists()
     r = runner.invoke(app, ["eval", str(tiny_model_dir), "--tasks", "nope", "--out", str(tmp_path / "res3")])
     assert r.exit_code == 2 and "unknown task 'nope'" in r.output
+    assert not (tmp_path / "res3").exists()
 
 
 def test_cache_follows_data_content(tmp_path, mt, shared_data):
