@@ -401,7 +401,7 @@ class Checkpoint:
     def fingerprint(self) -> str:
         """sha256 over names, dtypes, shapes and bytes of every stored tensor (memoised)."""
         if self._fingerprint is None:
-            key = _stat_key(self)
+            key = stat_key(self)
             cached = _FINGERPRINTS.get(key)
             if cached is None:
                 h = hashlib.sha256()
@@ -423,9 +423,11 @@ class Checkpoint:
 _FINGERPRINTS: dict[tuple, str] = {}
 
 
-def _stat_key(ck: Checkpoint) -> tuple:
-    files = sorted({str(ck.file_of(n)) for n in ck._files})
-    return tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+def stat_key(ck: Checkpoint) -> tuple:
+    """(path, size, mtime) of each file behind ``ck``: changes whenever a file is rewritten."""
+    sources = {id(src): src for src in ck._files.values()}.values()  # one entry per file, not per tensor
+    files = sorted({str(src.path if isinstance(src, _SafetensorsFile) else src["__path__"]) for src in sources})
+    return tuple((f, st.st_size, st.st_mtime_ns) for f in files for st in (os.stat(f),))
 
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -439,6 +441,16 @@ def layer_index(name: str) -> int | None:
     """
     m = _LAYER_RE.search(name)
     return int(m.group(1)) if m else None
+
+
+def layer_template(name: str) -> str | None:
+    """``name`` with its layer index replaced by ``{}``, or None outside the layer stack.
+
+    >>> layer_template("model.layers.3.mlp.up_proj.weight")
+    'model.layers.{}.mlp.up_proj.weight'
+    """
+    m = _LAYER_RE.search(name)
+    return None if m is None else name[: m.start(1)] + "{}" + name[m.end(1) :]
 
 
 def _read_json(path: Path) -> dict:

@@ -43,10 +43,11 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, filter_w
         w0 = base.to(dt).reshape(-1)
         ws = [x.to(dt).reshape(-1) for x in tensors]
     offs = [x - w0 for x in ws]
+    norms = [torch.linalg.vector_norm(o, dim=-1) for o in offs]  # once per offset, not once per pair
     cosines = []
     for i in range(len(offs)):
         for j in range(i + 1, len(offs)):
-            den = torch.linalg.vector_norm(offs[i], dim=-1) * torch.linalg.vector_norm(offs[j], dim=-1)
+            den = norms[i] * norms[j]
             cosines.append(((offs[i] * offs[j]).sum(-1) / den.clamp(min=1e-6)).clamp(-1, 1))
     cos = torch.stack(cosines).mean(0).unsqueeze(-1)
     k = len(ws)

@@ -4,9 +4,10 @@ Both paths share one plan (which output tensor comes from which input tensors wi
 resolved parameters) and one implementation of the math (``workbench.merge.linear``,
 ``spherical``, ``task_vectors``, ``model_stock``).
 
-* :func:`merge_to_disk` reads one tensor per input at a time from the memory maps, merges
-  it and streams it into the output safetensors file, inside an atomic output directory:
-  memory stays around one tensor's worth regardless of model size.
+* :func:`merge_to_disk` reads each input tensor with plain file reads (in chunks for large
+  tensors, one unit ahead of the math), merges it and streams it into the output safetensors
+  file, inside an atomic output directory: memory stays around one tensor's worth regardless
+  of model size.
 * :func:`merge_in_memory` returns a state dict on the chosen device, stacking tensors of
   the same shape so that one batched kernel call merges a whole group; float32 copies of
   the ingredients are cached on the device, so repeated merges (a slider over t) skip I/O.
@@ -34,9 +35,10 @@ from workbench.checkpoints import (
     SafetensorsWriter,
     atomic_output_dir,
     copy_tokenizer_files,
-    layer_index,
+    layer_template,
     model_from_state_dict,
     open_checkpoint,
+    stat_key,
 )
 from workbench.errors import WorkbenchError
 from workbench.merge import linear as _lin
@@ -160,13 +162,6 @@ def _as_slices(recipe: MergeRecipe, ckpts: dict[str, Checkpoint]) -> list[Output
     return [OutputSlice(sources=sources)]
 
 
-def _template(name: str) -> str | None:
-    m = re.search(r"((?:^|\.)(?:layers|h|blocks|layer)\.)(\d+)(\.)", name)
-    if not m:
-        return None
-    return name[: m.start(2)] + "{}" + name[m.end(2) :]
-
-
 def _resolve_params(
     spec_params: dict[str, Any],
     types: dict[str, type],
@@ -227,7 +222,7 @@ def plan_merge(
     pre: list[str] = []
     post: list[str] = []
     for n in ref_names:
-        tp = _template(n)
+        tp = layer_template(n)
         if tp is not None:
             if tp not in seen_t:
                 seen_t.add(tp)
@@ -237,10 +232,7 @@ def plan_merge(
         else:
             post.append(n)
 
-    all_tied = all(ck.tied for ck in ckpts.values())
-    tie_out = bool(ref.config.get("tie_word_embeddings", False)) and all_tied
-    if not tie_out and all_tied and ref.tied:
-        tie_out = True  # lm_head absent everywhere: keep it tied
+    tie_out = all(ck.tied for ck in ckpts.values())  # lm_head absent from every input (ref included): keep it tied
     jobs: list[TensorJob] = []
     notes: list[str] = []
 
@@ -736,7 +728,8 @@ class _Cache:
             return v
 
     def put(self, key: tuple, value: Any, size: int) -> None:
-        if size > self.limit:
+        limit = self.limit  # read the environment once per call
+        if size > limit:
             return
         with self.lock:
             if key in self.items:
@@ -744,7 +737,7 @@ class _Cache:
             self.items[key] = value
             self.sizes[key] = size
             self.bytes += size
-            while self.bytes > self.limit and self.items:
+            while self.bytes > limit and self.items:
                 old, _ = self.items.popitem(last=False)
                 self.bytes -= self.sizes.pop(old)
 
@@ -764,9 +757,7 @@ def clear_ingredient_cache() -> None:
 
 
 def _ck_key(ck: Checkpoint) -> tuple:
-    from workbench.checkpoints import _stat_key
-
-    return (str(ck.path), _stat_key(ck))
+    return (str(ck.path), stat_key(ck))
 
 
 def _load_stack(plan: MergePlan, jobs: list[TensorJob], dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -782,9 +773,9 @@ def _load_stack(plan: MergePlan, jobs: list[TensorJob], dev: torch.device, dtype
 
 
 def _group_inputs(plan: MergePlan, jobs: list[TensorJob], dev: torch.device, dtype: torch.dtype,
-                  allow_nonfinite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  allow_nonfinite: bool, ck_keys: Mapping[str, tuple]) -> tuple[torch.Tensor, torch.Tensor]:
     key = (
-        tuple(_ck_key(plan.checkpoints[m]) for m, _ in jobs[0].inputs),
+        tuple(ck_keys[m] for m, _ in jobs[0].inputs),
         str(dev), tuple(tuple(n for _, n in j.inputs) for j in jobs), dtype, plan.in_dtype,
     )
     hit = _INGREDIENTS.get(key)
@@ -820,10 +811,14 @@ def merge_in_memory(
     ``out``: existing tensors (e.g. ``model.state_dict()``) to write the results into, in place,
     instead of allocating new ones; the fastest way to move a loaded model along a slider.
     """
+    plan = plan_merge(recipe, checkpoints=checkpoints, allow_extrapolation=allow_extrapolation)
+    return _merge_plan_in_memory(plan, _device(device), allow_nonfinite=allow_nonfinite, progress=progress, out=out)
+
+
+def _merge_plan_in_memory(plan: MergePlan, dev: torch.device, *, allow_nonfinite: bool, progress: bool,
+                          out: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     from tqdm.auto import tqdm
 
-    dev = _device(device)
-    plan = plan_merge(recipe, checkpoints=checkpoints, allow_extrapolation=allow_extrapolation)
     method = plan.recipe.merge_method
     into = dict(out) if out is not None else {}
     for j in plan.jobs:
@@ -841,9 +836,10 @@ def merge_in_memory(
         key = (job.shape, models, job.base_index, _compute_dtype(plan, job), job.out_dtype)
         groups.setdefault(key, []).append(job)
 
+    ck_keys = {m: _ck_key(ck) for m, ck in plan.checkpoints.items()}  # files cannot change during one call
     bar = tqdm(total=len(plan.jobs), desc="merge", unit="tensor", disable=not progress, leave=False)
     for key, jobs in groups.items():
-        x, g = _group_inputs(plan, jobs, dev, key[3], allow_nonfinite)
+        x, g = _group_inputs(plan, jobs, dev, key[3], allow_nonfinite, ck_keys)
         coef = _gram_coefficients(method, jobs, g)
         if all(j.name in into and into[j.name].is_contiguous() and into[j.name].dtype == x.dtype for j in jobs):
             with torch.no_grad():
@@ -864,7 +860,7 @@ def merge_in_memory(
             m, n = job.inputs[job.base_index or 0]
             out[job.name] = plan.checkpoints[m].get(n).clone().to(dev)
         else:
-            x, _ = _group_inputs(plan, [job], dev, _compute_dtype(plan, job), allow_nonfinite)
+            x, _ = _group_inputs(plan, [job], dev, _compute_dtype(plan, job), allow_nonfinite, ck_keys)
             xs = list(x[0].reshape(len(job.inputs), *job.shape).unbind(0))
             if plan.in_dtype is not None:
                 xs = [t.to(plan.in_dtype) for t in xs]
@@ -887,8 +883,11 @@ def merged_model(
     **kwargs: Any,
 ):
     """``merge_in_memory`` wrapped into a transformers model (eval mode) on ``device``."""
-    plan = plan_merge(recipe, checkpoints=checkpoints, allow_extrapolation=kwargs.get("allow_extrapolation", False))
-    state = merge_in_memory(plan.recipe, device=device, checkpoints=plan.checkpoints, **kwargs)
+    plan = plan_merge(recipe, checkpoints=checkpoints, allow_extrapolation=kwargs.pop("allow_extrapolation", False))
+    state = _merge_plan_in_memory(plan, _device(device), allow_nonfinite=kwargs.pop("allow_nonfinite", False),
+                                  progress=kwargs.pop("progress", False), out=kwargs.pop("out", None))
+    if kwargs:
+        raise TypeError(f"merged_model() got unexpected keyword arguments {sorted(kwargs)}")
     return model_from_state_dict(plan.config, state, device=device)
 
 

@@ -57,8 +57,9 @@ class SlerpGeometry(NamedTuple):
 def gram(x: torch.Tensor) -> torch.Tensor:
     """Inner products of the rows of ``x``: ``[M, N] -> [M, M]`` or ``[B, M, N] -> [B, M, M]``.
 
-    One matrix product reads every input once and yields all norms and dot products
-    (float32 products, float64 result; float64 inputs stay float64).
+    One matrix-vector product per row yields all norms and dot products (M passes over the
+    stack, each a streaming read: faster on CPU than an ``[M, N] x [N, M]`` GEMM); float32
+    products, float64 result (float64 inputs stay float64).
 
     >>> import torch
     >>> gram(torch.tensor([[3.0, 0.0], [1.0, 1.0]]))
@@ -145,10 +146,6 @@ def combine(coef: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None
         return r.reshape(-1)
     r = torch.bmm(c.unsqueeze(1), x, out=None if out is None else out.unsqueeze(1))
     return r.squeeze(1)
-
-
-def _coefficients(t: torch.Tensor, g: SlerpGeometry) -> tuple[torch.Tensor, torch.Tensor]:
-    return slerp_coefficients(t, g)
 
 
 def _two(coef_a: torch.Tensor, coef_b: torch.Tensor) -> torch.Tensor:

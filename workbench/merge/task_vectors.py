@@ -144,16 +144,15 @@ def generalized_task_arithmetic(
         deltas[i] = d
     wt = torch.tensor(w, dtype=dt, device=base.device).reshape((n,) + (1,) * base.dim())
     deltas.mul_(wt)
-    if consensus:
-        mask = consensus_mask(deltas, consensus).to(dt)
-        mixed = (deltas * mask).sum(0)
-        divisor = (wt * mask).sum(0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = deltas.sum(0)
-        divisor = wt.sum(0)
-        divisor[divisor.abs() < 1e-8] = 1
-    if normalize:
+    mask = consensus_mask(deltas, consensus).to(dt) if consensus else None
+    mixed = (deltas * mask).sum(0) if mask is not None else deltas.sum(0)
+    if normalize:  # the divisor is a full-size tensor with a consensus mask: only build it when used
+        if mask is not None:
+            divisor = (wt * mask).sum(0)
+            divisor[divisor == 0] = 1
+        else:
+            divisor = wt.sum(0)
+            divisor[divisor.abs() < 1e-8] = 1
         mixed = mixed / divisor
     if lambda_ != 1:
         mixed = mixed * lambda_
