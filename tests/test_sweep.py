@@ -59,6 +59,17 @@ def test_zip_mode_pairs_axes():
     assert [p.label for p in points] == ["t.self_attn=0.1 t.mlp=0.9", "t.self_attn=0.9 t.mlp=0.1"]
 
 
+def test_slice_base_models_are_ingredients_too():
+    spec = load_sweep({"ingredients": {"a": "/m/a", "b": "/m/b"}, "tasks": "blimp", "axes": {"t": [0.5]},
+                       "recipe": {"merge_method": "slerp", "parameters": {"t": 0.5}, "slices": [
+                           {"base_model": "a", "sources": [{"model": "a", "layer_range": [0, 2]},
+                                                           {"model": "b", "layer_range": [0, 2]}]}]}})
+    assert expand(spec)[0].recipe["slices"][0]["base_model"] == "/m/a"
+    spec.recipe["slices"][0]["base_model"] = "zz"
+    with pytest.raises(WorkbenchError, match="'zz' is not an ingredient"):
+        expand(spec)
+
+
 def test_recipe_file_relative_to_sweep_file(tmp_path):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(
         {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1.0}}, {"model": "b", "parameters": {"weight": 1.0}}]}))
@@ -372,3 +383,21 @@ def test_bad_inputs_fail_before_any_work(family, shared_data, tmp_path):
 
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
     assert not cache.exists() or not list(cache.rglob("*.wbres"))
+
+
+def test_cache_keys_follow_the_data_content(family, shared_data, tmp_path):
+    """A sweep's results are keyed by the data's content, not its folder (as evaluate's are)."""
+    from workbench.sweep import plan
+
+    copy = tmp_path / "data"
+    (copy / "blimp").mkdir(parents=True)
+    for f in (shared_data / "blimp").glob("*.jsonl"):
+        shutil.copy(f, copy / "blimp" / f.name)
+    keys = {}
+    for name, where in (("shared", shared_data), ("copy", copy)):
+        keys[name] = plan(load_sweep(_write_sweep(tmp_path / f"{name}.yaml", family, where, ts=[0.5]))).keys
+    assert keys["shared"] != keys["copy"]  # the folder is part of the settings too (data_source)
+    first = copy / "blimp" / "adjunct_island.jsonl"
+    first.write_text("\n".join(first.read_text().splitlines()[:-1]) + "\n")  # drop one pair
+    edited = plan(load_sweep(_write_sweep(tmp_path / "edited.yaml", family, copy, ts=[0.5]))).keys
+    assert edited != keys["copy"]

@@ -280,40 +280,6 @@ def base_recipe_dict(spec: SweepSpec) -> dict[str, Any]:
     return recipe
 
 
-def _model_refs(recipe: Mapping[str, Any]) -> list[str]:
-    refs = []
-    for entry in recipe.get("models") or []:
-        refs.append(entry["model"] if isinstance(entry, Mapping) else entry)
-    for s in recipe.get("slices") or []:
-        for src in s.get("sources") or []:
-            refs.append(src["model"])
-    if recipe.get("base_model"):
-        refs.append(recipe["base_model"])
-    return [str(r) for r in refs]
-
-
-def _rename_models(recipe: dict[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
-    out = copy.deepcopy(recipe)
-
-    def sub(x: Any) -> Any:
-        return mapping.get(str(x), x)
-
-    for entry in out.get("models") or []:
-        if isinstance(entry, dict):
-            entry["model"] = sub(entry["model"])
-    if isinstance(out.get("models"), list):
-        out["models"] = [e if isinstance(e, dict) else {"model": sub(e)} for e in out["models"]]
-    for s in out.get("slices") or []:
-        for src in s.get("sources") or []:
-            src["model"] = sub(src["model"])
-    if out.get("base_model"):
-        out["base_model"] = sub(out["base_model"])
-    for key in ("tokenizer_source",):
-        if isinstance(out.get(key), str):
-            out[key] = sub(out[key])
-    return out
-
-
 def _apply_axes(base: dict[str, Any], values: Mapping[str, Any], spec: SweepSpec) -> dict[str, Any]:
     """One point's recipe (names, not paths): the base recipe with the axis values applied."""
     recipe = copy.deepcopy(base)
@@ -394,15 +360,17 @@ def expand(spec: SweepSpec) -> list[Point]:
     else:
         combos = list(itertools.product(*grid.values()))
 
+    from workbench.merge.recipe import map_model_refs, model_refs  # the merge package imports torch
+
     base = base_recipe_dict(spec)
     points = []
     for i, combo in enumerate(combos):
         values = dict(zip(names, combo))
         recipe = _apply_axes(base, values, spec)
-        unknown = [r for r in _model_refs(recipe) if r not in paths and r not in paths.values()]
+        unknown = [r for r in model_refs(recipe) if r not in paths and r not in paths.values()]
         if unknown:
             raise WorkbenchError(f"point {i} ({Point(i, values, {}).label}): model {unknown[0]!r} is not an ingredient name (ingredients: {', '.join(paths)})")
-        recipe = _rename_models(recipe, paths)
+        recipe = map_model_refs(recipe, lambda ref: paths.get(ref, ref))
         params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
         points.append(Point(i, params, recipe))
     return points
@@ -452,7 +420,9 @@ class _WorkerState:
         return self.checkpoints[path]
 
     def checkpoints_for(self, recipe: Mapping[str, Any]) -> dict[str, Any]:
-        return {ref: self.checkpoint(ref) for ref in dict.fromkeys(_model_refs(recipe))}
+        from workbench.merge.recipe import model_refs
+
+        return {ref: self.checkpoint(ref) for ref in model_refs(recipe)}
 
     def tokenizer(self, path: str) -> Any:
         if path not in self.tokenizers:
@@ -671,20 +641,6 @@ class _Plan:
     keys: dict[tuple[int, str], str]
 
 
-def _tokenizer_sha256(tokenizer: Any) -> str:
-    """sha256 of a tokenizer's serialised form (vocabulary, merges, special tokens)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "to_str"):
-        h.update(backend.to_str().encode())
-    else:
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id)).encode())
-    return h.hexdigest()
-
-
 def _max_length(config: Mapping[str, Any], tokenizer: Any) -> int:
     """The evaluation context length for a model with this config (the evaluation engine's rule)."""
     from types import SimpleNamespace
@@ -718,7 +674,9 @@ def plan(spec: SweepSpec) -> _Plan:
     from workbench.merge import plan_merge, recipe_fingerprint
     from workbench.store import ResultStore
 
+    from workbench.eval import data as D
     from workbench.eval import parse_tasks
+    from workbench.eval.tasks import tokenizer_sha256
 
     points = expand(spec)
     parse_tasks(spec.tasks)  # unknown task names fail here, before any work
@@ -735,7 +693,7 @@ def plan(spec: SweepSpec) -> _Plan:
         tok_path = str(merge_plan.checkpoints[merge_plan.tokenizer_source].path)
         if tok_path not in tok_cache:
             tok = _STATE.tokenizer(tok_path)
-            tok_cache[tok_path] = (tok, _tokenizer_sha256(tok))
+            tok_cache[tok_path] = (tok, tokenizer_sha256(tok))
         tok, tok_sha = tok_cache[tok_path]
         tokenizers.append(tok_path)
         settings.append({
@@ -743,7 +701,9 @@ def plan(spec: SweepSpec) -> _Plan:
             "max_length": _max_length(merge_plan.config, tok), "tokenizer_sha256": tok_sha,
             "arc_split": "validation", "wikitext_split": "test",
         })
-    keys = {(p.index, task): ResultStore.key(fp, task, s)
+    # results follow the data's content, as in evaluate(): the same files, wherever they are
+    data_sha = {task: D.task_data_sha256(data_dir, task) for task in spec.tasks}
+    keys = {(p.index, task): ResultStore.key(fp, task, {**s, "data_sha256": data_sha[task]})
             for p, fp, s in zip(points, fingerprints, settings) for task in spec.tasks}
     return _Plan(spec, points, fingerprints, tokenizers, data_dir, keys)
 

@@ -155,6 +155,18 @@ def task_files(data_dir: Path, task: str, *, arc_split: str = "validation", wiki
     return [f for f in files if f.is_file()]
 
 
+def task_data_sha256(data_dir: Path | str | None, task: str, *, arc_split: str = "validation",
+                     wikitext_split: str = "test") -> str | None:
+    """Content hash of the data a task reads (a ``text:<file>`` task: that file), or None
+    when it comes from the Hub; part of every results-cache key."""
+    if task.startswith("text:"):
+        p = Path(task[len("text:"):])
+        return files_fingerprint([p]) if p.is_file() else None
+    if data_dir is None:
+        return None
+    return files_fingerprint(task_files(Path(data_dir), task, arc_split=arc_split, wikitext_split=wikitext_split))
+
+
 def files_fingerprint(files: list[Path]) -> str:
     """sha256 over the contents of ``files`` (memoised per path, size and mtime), so
     cached results follow the data, not its location."""

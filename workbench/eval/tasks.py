@@ -196,6 +196,12 @@ class _Tok:
         return h.hexdigest()
 
 
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """The ``tokenizer_sha256`` that evaluation records and keys results by: sha256 of the
+    tokenizer's serialised form, its prefix token and whether it adds BOS."""
+    return _Tok(tokenizer).fingerprint()
+
+
 def resolve_max_length(model: Any, tokenizer: Any) -> int:
     """The context length lm-eval uses: the model config's ``n_positions``,
     ``max_position_embeddings`` or ``n_ctx``; else the tokenizer's ``model_max_length``;
@@ -643,12 +649,9 @@ def evaluate(
         if task == "wikitext":
             settings["wikitext_split"] = wikitext_split
             settings["wikitext_variant"] = "wikitext-2-v1" if ddir is not None else "wikitext-2-raw-v1"
-        if task.startswith("text:"):
-            p = Path(task[len("text:"):])
-            settings["data_sha256"] = D.files_fingerprint([p]) if p.is_file() else None
-        elif ddir is not None:
-            settings["data_sha256"] = D.files_fingerprint(
-                D.task_files(ddir, task, arc_split=arc_split, wikitext_split=wikitext_split))
+        if task.startswith("text:") or ddir is not None:
+            settings["data_sha256"] = D.task_data_sha256(ddir, task, arc_split=arc_split,
+                                                         wikitext_split=wikitext_split)
         wanted = _item_ids_for(item_ids, task)
         settings["item_ids_sha256"] = (hashlib.sha256("\n".join(sorted(map(str, wanted))).encode()).hexdigest()
                                        if wanted is not None else None)

@@ -39,8 +39,10 @@ Precedence: a model's own ``parameters`` > the slice's > the recipe's. Shared pa
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -59,6 +61,8 @@ __all__ = [
     "MethodSpec",
     "OutputSlice",
     "load_recipe",
+    "map_model_refs",
+    "model_refs",
     "resolve_setting",
     "simple_recipe",
 ]
@@ -280,6 +284,49 @@ def resolve_setting(tensor_name: str, setting: Any, position: float = 0.0, typ: 
                 return resolve_setting(tensor_name, cond.value, position, typ)
         return None
     raise WorkbenchError(f"unexpected parameter setting {setting!r}")
+
+
+#: Recipe keys whose string value names a model (a path, a Hub id or, in sweeps, an ingredient).
+MODEL_KEYS = ("model", "base_model", "tokenizer_source")
+
+
+def map_model_refs(data: Any, fn: Callable[[str], str]) -> Any:
+    """A copy of a recipe mapping with ``fn`` applied to every model reference.
+
+    References are the string values of ``model``, ``base_model`` (top level and per
+    slice) and ``tokenizer_source`` keys, and bare strings in a ``models`` list (which
+    become ``{"model": ...}`` entries).
+
+    >>> map_model_refs({"models": ["a", {"model": "b"}], "slices": [{"base_model": "a", "sources": []}]},
+    ...                str.upper)
+    {'models': [{'model': 'A'}, {'model': 'B'}], 'slices': [{'base_model': 'A', 'sources': []}]}
+    """
+
+    def sub(obj: Any, key: str | None = None) -> Any:
+        if isinstance(obj, Mapping):
+            return {k: fn(v) if k in MODEL_KEYS and isinstance(v, str) else sub(v, k) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [{"model": fn(v)} if key == "models" and isinstance(v, str) else sub(v) for v in obj]
+        return copy.deepcopy(obj)
+
+    return sub(data)
+
+
+def model_refs(data: Any) -> list[str]:
+    """Every model a recipe mapping reads (``model`` and ``base_model`` values), first mention first.
+
+    >>> model_refs({"base_model": "a", "slices": [{"base_model": "c", "sources": [{"model": "b"}]}]})
+    ['a', 'c', 'b']
+    """
+    seen: dict[str, None] = {}
+
+    def note(ref: str) -> str:
+        seen.setdefault(ref, None)
+        return ref
+
+    map_model_refs({k: v for k, v in data.items() if k != "tokenizer_source"} if isinstance(data, Mapping) else data,
+                   note)
+    return list(seen)
 
 
 def load_recipe(source: "str | os.PathLike | dict | MergeRecipe") -> MergeRecipe:

@@ -53,6 +53,7 @@ from workbench.merge.recipe import (
     MergeRecipe,
     OutputSlice,
     load_recipe,
+    map_model_refs,
     resolve_setting,
 )
 
@@ -905,14 +906,6 @@ def recipe_fingerprint(
     ckpts = _open_all(recipe, checkpoints)
     fps = {ref: ck.fingerprint() for ref, ck in ckpts.items()}
 
-    def sub(obj: Any) -> Any:
-        if isinstance(obj, dict):
-            return {k: (fps.get(v, v) if k in ("model", "base_model", "tokenizer_source") and isinstance(v, str)
-                        else sub(v)) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [sub(v) for v in obj]
-        return obj
-
-    data = sub(recipe.model_dump(mode="json", exclude_none=True))
+    data = map_model_refs(recipe.model_dump(mode="json", exclude_none=True), lambda ref: fps.get(ref, ref))
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
