@@ -9,7 +9,7 @@ tool's CPU time (user + system of its process, the robust figure on shared cores
 wall time, the speed-up, and whether every per-pair decision is identical.
 
     .venv/bin/python benchmarks/bench_eval.py [--data-dir ../shared/data] [--threads 1]
-        [--lm-eval-batch-size 64] [--batch-size 256] [--paradigms N]
+        [--lm-eval-batch-size 64] [--batch-size 64,512] [--paradigms N]
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ def main() -> None:
     # compare decisions pair by pair
     import polars as pl
 
-    ours = pl.read_parquet(wb_out / "items.parquet")  # last batch size; all are checked equal below
-    for bs in t_wb:
+    sizes = list(t_wb)
+    ours = pl.read_parquet(work / f"workbench_out_bs{sizes[-1]}" / "items.parquet")
+    for bs in sizes[:-1]:  # every other batch size gives the same decisions
         other = pl.read_parquet(work / f"workbench_out_bs{bs}" / "items.parquet")
         assert other["correct"].to_list() == ours["correct"].to_list(), f"batch size {bs} changed a decision"
     ours_map = {r["item_id"]: (r["correct"], r["loglik"], r["loglik_alt"]) for r in ours.iter_rows(named=True)}

@@ -135,7 +135,7 @@ def eval_command(
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse results from the results cache ($WORKBENCH_CACHE).")] = True,
     share_prefixes: Annotated[
         bool, typer.Option("--share-prefixes/--no-share-prefixes",
-                           help="Run tokens shared by several sequences once (checked against the plain path).")
+                           help="Run tokens shared by several sequences once (float32/float64 models; checked against the plain path).")
     ] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
 ) -> None:

@@ -326,6 +326,12 @@ def split_wikitext_documents(text: str) -> list[str]:
     return pages
 
 
+def wikitext_variant(data_dir: Path | str | None) -> str:
+    """The WikiText-2 variant :func:`load_wikitext` reads: tokenised from a data directory,
+    raw from the Hub."""
+    return "wikitext-2-v1" if data_dir is not None else "wikitext-2-raw-v1"
+
+
 def load_wikitext(data_dir: Path | None, split: str = "test") -> tuple[list[str], str]:
     """WikiText-2 articles and the variant name.
 
@@ -342,9 +348,9 @@ def load_wikitext(data_dir: Path | None, split: str = "test") -> tuple[list[str]
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise WorkbenchError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-        return split_wikitext_documents(text), "wikitext-2-v1"
-    ds = _hub_dataset("EleutherAI/wikitext_document_level", "wikitext-2-raw-v1", split)  # pragma: no cover
-    return [r["page"] for r in ds], "wikitext-2-raw-v1"  # pragma: no cover
+        return split_wikitext_documents(text), wikitext_variant(data_dir)
+    ds = _hub_dataset("EleutherAI/wikitext_document_level", wikitext_variant(None), split)  # pragma: no cover
+    return [r["page"] for r in ds], wikitext_variant(None)  # pragma: no cover
 
 
 def load_text_documents(path: str | os.PathLike) -> list[str]:

@@ -67,7 +67,7 @@ class ScoreResult:
     loglik: np.ndarray  # float64 values of float32 sums
     n_tokens: np.ndarray  # continuation tokens scored
     truncated: np.ndarray  # bool: context cut from the left to fit max_length
-    n_forward_sequences: int  # distinct sequences actually run through the model
+    n_forward_sequences: int  # distinct sequences scored (packed members that are prefixes of others included)
     prefix_sharing: bool = False  # whether packed prefix trees were used
     n_forward_tokens: int = 0  # input positions the model computed (padding included)
 
@@ -255,8 +255,14 @@ class _Forward:
         return res
 
 
+def _plain_plan(keys: Sequence[tuple[int, ...]], subset: Sequence[int]) -> tuple[dict[int, int], list[int]]:
+    """Prefix hosts of ``subset`` and the sequences to run, longest first."""
+    host = _prefix_hosts(keys, subset)
+    return host, sorted(set(host.values()), key=lambda k: (-len(keys[k]), keys[k]))
+
+
 def _prefix_hosts(keys: Sequence[tuple[int, ...]], subset: Sequence[int]) -> dict[int, int]:
-    """For each sequence in ``subset``, the longest sequence of ``subset`` it is a prefix of."""
+    """For each sequence in ``subset``, a sequence of ``subset`` that it is a prefix of (itself if none)."""
     order = sorted(subset, key=lambda k: keys[k])
     host = {k: k for k in subset}
     for pos in range(len(order) - 2, -1, -1):
@@ -281,7 +287,8 @@ def score_requests(
 
     ``context`` must be non-empty (use the prefix token for an empty context) and the
     continuation at most ``max_length`` tokens long. ``batch_size`` is the number of
-    sequences per forward pass (a packed pass holds about ``batch_size * 24`` tokens).
+    sequences per forward pass (a packed pass holds about ``batch_size *
+    PACKED_TOKENS_PER_SEQUENCE`` tokens).
     ``share_prefixes``: ``None`` (auto: on for float32/float64 models that take
     ``position_ids``, after a check against the plain path), ``True`` (on; a failed
     check is an error) or ``False``.
@@ -323,9 +330,7 @@ def score_requests(
                 if len(r.members) > 1]
         sharing = bool(rows)
     in_rows = {i for r in rows for i, _ in r.members}
-    plain_keys = [k for k in range(len(keys)) if k not in in_rows]
-    host = _prefix_hosts(keys, plain_keys)
-    hosts = sorted({host[k] for k in plain_keys}, key=lambda k: (-len(keys[k]), keys[k]))
+    host, hosts = _plain_plan(keys, [k for k in range(len(keys)) if k not in in_rows])
 
     token_lp: dict[int, np.ndarray] = {}
     bar = None
@@ -339,9 +344,9 @@ def score_requests(
             if rows:
                 sharing = _run_packed(fwd, rows, keys, batch_size, share_prefixes, token_lp, tick)
                 if not sharing:  # the check failed in auto mode: every sequence goes the plain way
-                    token_lp.clear()
-                    host = _prefix_hosts(keys, range(len(keys)))
-                    hosts = sorted(set(host.values()), key=lambda k: (-len(keys[k]), keys[k]))
+                    host, hosts = _plain_plan(keys, range(len(keys)))
+                    if bar is not None:
+                        bar.reset(total=len(hosts))
             _run_plain(fwd, hosts, keys, batch_size, token_lp, tick)
     finally:
         if bar is not None:
@@ -388,9 +393,8 @@ def _run_packed(fwd: _Forward, rows: list[PackedRow], keys, batch_size: int, sha
     budget = batch_size * PACKED_TOKENS_PER_SEQUENCE
     start, checked = 0, False
     while start < len(rows):
-        per_row = len(rows[start].tokens) * (fwd.vocab_guess or 1)
-        n_rows = max(1, min(budget // len(rows[start].tokens), MAX_LOGITS_ELEMENTS // per_row))
-        batch = rows[start : start + n_rows]
+        width = len(rows[start].tokens)
+        batch = rows[start : start + fwd.plain_batch_size(width, max(1, budget // width))]
         start += len(batch)
         got = fwd.packed(batch, keys)
         if not checked:

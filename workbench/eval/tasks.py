@@ -167,11 +167,14 @@ class _Tok:
         ref_call = lambda xs: [list(x) for x in self.tk(xs, add_special_tokens=add_special_tokens)["input_ids"]]
         backend = getattr(self.tk, "_tokenizer", None)
         fast = getattr(backend, "encode_batch_fast", None)
-        if fast is None or getattr(backend, "truncation", None) or getattr(backend, "padding", None):
+        if fast is None:
             return ref_call(strings)
         sample = strings[:: max(1, len(strings) // 16)]
-        expected = ref_call(sample)  # also sets the backend's special-token handling as the tokenizer does
-        if [e.ids for e in fast(sample, add_special_tokens=add_special_tokens)] != expected:
+        # the tokenizer's own call first: it sets the backend's truncation, padding and
+        # special-token handling, which are checked after it
+        expected = ref_call(sample)
+        if (getattr(backend, "truncation", None) or getattr(backend, "padding", None)
+                or [e.ids for e in fast(sample, add_special_tokens=add_special_tokens)] != expected):
             return ref_call(strings)
         return [e.ids for e in fast(strings, add_special_tokens=add_special_tokens)]
 
@@ -405,7 +408,7 @@ def run_blimp(ctx: _Ctx, task: str, data_dir, limit, seed, item_ids) -> EvalResu
     }
     summary = {task: top, **summary}
     if task == "blimp":
-        for col, label in (("field", "field"), ("term", "linguistics_term")):
+        for col in ("field", "term"):
             agg = items.group_by(col).agg(pl.col("correct").mean().alias("acc"), pl.col("tie").mean().alias("tie"),
                                           pl.len().alias("n")).sort(col)
             for row in agg.iter_rows(named=True):
@@ -422,13 +425,10 @@ def run_arc_easy(ctx: _Ctx, task: str, data_dir, limit, seed, item_ids, split: s
     qs = [qs[i] for i in keep]
     contexts, wholes, owner, choice_len = [], [], [], []
     for qi, q in enumerate(qs):
-        c = f"Question: {q['question']}\nAnswer:"
-        # trailing spaces of the context move to the continuation (lm-eval _encode_pair)
-        stripped = c.rstrip()
-        spaces = c[len(stripped):]
-        contexts.append(stripped)
+        c = f"Question: {q['question']}\nAnswer:"  # ends in "Answer:": no trailing space to move (lm-eval _encode_pair)
+        contexts.append(c)
         for text in q["choices"]["text"]:
-            wholes.append(stripped + spaces + " " + text)
+            wholes.append(c + " " + text)
             owner.append(qi)
             choice_len.append(len(text))
     ctx_enc = ctx.tok.encode(contexts, add_special_tokens=None)
@@ -531,14 +531,14 @@ def _perplexity_task(ctx: _Ctx, task: str, docs_orig: list[str], docs_scored: li
     return EvalResult(items, summary, {})
 
 
-def run_wikitext(ctx: _Ctx, task: str, data_dir, limit, seed, item_ids, split: str) -> tuple[EvalResult, str]:
-    docs, variant = D.load_wikitext(data_dir, split)
+def run_wikitext(ctx: _Ctx, task: str, data_dir, limit, seed, item_ids, split: str) -> EvalResult:
+    docs, _ = D.load_wikitext(data_dir, split)
     ids = [str(i) for i in range(len(docs))]
     keep = _filter_ids(ids, item_ids)
     keep = keep[stratified_subsample(["wikitext"] * len(keep), limit, seed)]
     docs = [docs[i] for i in keep]
     ids = [ids[i] for i in keep]
-    return _perplexity_task(ctx, task, docs, [wikitext_detokenize(d) for d in docs], ids, ids), variant
+    return _perplexity_task(ctx, task, docs, [wikitext_detokenize(d) for d in docs], ids, ids)
 
 
 def run_text(ctx: _Ctx, task: str, limit, seed, item_ids) -> EvalResult:
@@ -648,7 +648,7 @@ def evaluate(
             settings["arc_split"] = arc_split
         if task == "wikitext":
             settings["wikitext_split"] = wikitext_split
-            settings["wikitext_variant"] = "wikitext-2-v1" if ddir is not None else "wikitext-2-raw-v1"
+            settings["wikitext_variant"] = D.wikitext_variant(ddir)
         if task.startswith("text:") or ddir is not None:
             settings["data_sha256"] = D.task_data_sha256(ddir, task, arc_split=arc_split,
                                                          wikitext_split=wikitext_split)
@@ -666,7 +666,7 @@ def evaluate(
         elif task == "arc_easy":
             r = run_arc_easy(ctx, task, ddir, task_limit, seed, wanted, arc_split)
         elif task == "wikitext":
-            r, _variant = run_wikitext(ctx, task, ddir, task_limit, seed, wanted, wikitext_split)
+            r = run_wikitext(ctx, task, ddir, task_limit, seed, wanted, wikitext_split)
         else:
             r = run_text(ctx, task, task_limit, seed, wanted)
         per_task = {k: v for k, v in settings.items() if k not in base}
