@@ -41,6 +41,7 @@ import polars as pl
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.eval.result import json_safe
 from workbench.stats import (
     bootstrap_ci,
     holm,
@@ -51,6 +52,7 @@ from workbench.stats import (
     barrier_ci,
     barrier_t,
     dev_test_split,
+    tie_rate,
 )
 
 __all__ = [
@@ -73,10 +75,11 @@ CURVE_TS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 ALPHA = 0.05
 #: Fewer paired items than this never yield a gain/loss call (percentile intervals are too narrow).
 MIN_ITEMS_FOR_CALL = 20
-#: Per-item differences within numerical precision count as ties: |a - b| <= ATOL + RTOL * |a|.
-#: ATOL is the tolerance the scorer is checked to against lm-eval (log-likelihoods within 1e-4),
-#: so float32 rounding (an ensemble of two copies of one model against that model, two scoring
-#: paths) is never called a difference.
+#: Per-item differences within numerical precision count as ties: |a - b| <= ATOL + RTOL * |a|,
+#: in the metric's own units (0/1 for accuracy, nats for margins, bits per byte per document).
+#: ATOL matches the tolerance the scorer is held to against lm-eval (log-likelihoods within
+#: 1e-4), so float32 rounding (two copies of one model, two scoring paths) is never called a
+#: difference; 1e-4 bits per byte is far below any effect this workbench reports.
 ROUNDING_ATOL, ROUNDING_RTOL = 1e-4, 1e-5
 
 
@@ -343,6 +346,7 @@ def build_panel(
     score_rows, sel_rows, cmp_rows, group_rows, noise_rows = [], [], [], [], []
     n_dropped: dict[str, int] = {}
     split_notes: dict[str, str] = {}
+    pairs = _comparison_pairs(names, ingredients, subject, sys_map)  # the same for every task
     for task in tasks:
         td = _align(items, names, task)
         n_dropped[task] = int(items.filter((pl.col("task") == task) & (pl.col("system") == names[0])).height - td.meta.height)
@@ -367,7 +371,7 @@ def build_panel(
                     score_rows.append({
                         "system": s, "task": task, "metric": metric.name, "split": split, "value": r.estimate,
                         "low": r.low, "high": r.high, "n_items": int(m.sum()),
-                        "tie_rate": float(np.mean(td.ties[s][m])) if m.any() else float("nan"),
+                        "tie_rate": tie_rate(td.ties[s][m]),
                         "higher_is_better": metric.higher_is_better, "unit": metric.unit, "scale": metric.scale,
                     })
         # selection on dev (primary metric)
@@ -389,16 +393,13 @@ def build_panel(
             noise_rows.append({"task": task, "metric": metric.name, "spread": nf.spread, "std": nf.std, "n": nf.n,
                                "values": json.dumps(nf.values, sort_keys=True)})
         # comparisons on the test half
-        pairs = _comparison_pairs(names, ingredients, subject, sys_map)
         cl = None if td.clusters is None else td.clusters[test]
         for metric in td.metrics:
             w = _weights_for(td, metric, test)
             vals = td.values[metric.name]
             for subj, ref in pairs:
-                a = vals[alias.get(subj, subj)][test]
-                b = snap_rounding(a, vals[alias.get(ref, ref)][test])
-                r = paired_bootstrap(a, b, clusters=cl, weights=w, **boot)
-                mc = mcnemar_exact(a > 0.5, b > 0.5) if metric.binary else None
+                r, mc, identical = _paired(vals[alias.get(subj, subj)][test], vals[alias.get(ref, ref)][test], metric,
+                                           clusters=cl, weights=w, boot=boot)
                 cmp_rows.append({
                     "task": task, "metric": metric.name, "subject": subj, "reference": ref,
                     "subject_system": alias.get(subj, subj), "reference_system": alias.get(ref, ref),
@@ -408,7 +409,7 @@ def build_panel(
                     "p_mcnemar": mc.p_value if mc else None, "a_only": mc.a_only if mc else None,
                     "b_only": mc.b_only if mc else None,
                     "p": mc.p_value if mc else r.p_value,
-                    "identical": bool(np.array_equal(a, b)),
+                    "identical": identical,
                     "higher_is_better": metric.higher_is_better, "unit": metric.unit, "scale": metric.scale,
                     "primary": metric.primary,
                 })
@@ -419,16 +420,14 @@ def build_panel(
                 for g in sorted(set(labels[test])):
                     gm = test & (labels == g)
                     for metric in td.metrics:
-                        sv = td.values[metric.name][subject][gm]
-                        r = paired_bootstrap(
-                            sv, snap_rounding(sv, td.values[metric.name][best][gm]),
-                            clusters=td.clusters[gm] if level == "field" else None,
-                            weights=_macro_weights(td.clusters, gm) if level == "field" else None, **boot)
+                        r = _paired(td.values[metric.name][subject][gm], td.values[metric.name][best][gm], metric,
+                                    clusters=td.clusters[gm] if level == "field" else None,
+                                    weights=_macro_weights(td.clusters, gm) if level == "field" else None,
+                                    boot=boot)[0]
                         group_rows.append(_group_row(task, level, g, metric, subject, best, r))
         for metric in td.metrics:
-            sv = td.values[metric.name][subject][test]
-            r = paired_bootstrap(sv, snap_rounding(sv, td.values[metric.name][best][test]),
-                                 clusters=cl, weights=_weights_for(td, metric, test), **boot)
+            r = _paired(td.values[metric.name][subject][test], td.values[metric.name][best][test], metric,
+                        clusters=cl, weights=_weights_for(td, metric, test), boot=boot)[0]
             group_rows.append(_group_row(task, "task", task, metric, subject, best, r))
 
     comparisons = _finish_comparisons(pl.DataFrame(cmp_rows, infer_schema_length=None), alpha)
@@ -491,6 +490,15 @@ def _comparison_pairs(names: Sequence[str], ingredients: Sequence[str], subject:
         if p not in out and p[0] != p[1]:
             out.append(p)
     return out
+
+
+def _paired(a: np.ndarray, b: np.ndarray, metric: MetricSpec, *, clusters, weights, boot: Mapping[str, Any]):
+    """Paired bootstrap of ``a - b`` (rounding-level differences counted as ties), with an
+    exact McNemar test for binary metrics; returns ``(bootstrap, mcnemar or None, identical)``."""
+    b = snap_rounding(a, b)
+    r = paired_bootstrap(a, b, clusters=clusters, weights=weights, **boot)
+    mc = mcnemar_exact(a > 0.5, b > 0.5) if metric.binary else None
+    return r, mc, bool(np.array_equal(a, b))
 
 
 def _call(row: Mapping[str, Any], alpha: float) -> str:
@@ -714,13 +722,13 @@ def curve_tables(
                 for t, k in zip(ts, keys):
                     if k in ends:
                         continue
-                    a, b = vals[k][test], snap_rounding(vals[k][test], vals[ref][test])
-                    r = paired_bootstrap(a, b, clusters=cl, weights=wt, **boot)
-                    p = mcnemar_exact(a > 0.5, b > 0.5).p_value if metric.binary else r.p_value
+                    r, mc, identical = _paired(vals[k][test], vals[ref][test], metric, clusters=cl, weights=wt,
+                                               boot=boot)
+                    p = mc.p_value if mc else r.p_value
                     rows.append({"method": method, "task": task, "metric": metric.name, "t": t, "reference": ref,
                                  "n_items": int(test.sum()),
                                  "estimate": r.estimate, "low": r.low, "high": r.high, "p": p,
-                                 "identical": bool(np.array_equal(a, b)),
+                                 "identical": identical,
                                  "higher_is_better": metric.higher_is_better, "unit": metric.unit,
                                  "scale": metric.scale, "primary": metric.primary, "selected": False})
                 p_adj = holm([r["p"] for r in rows])
@@ -996,7 +1004,7 @@ def _figures(panel: Panel) -> dict[str, Any]:
 
     figs: dict[str, Any] = {"deltas": plots.delta_bars_figure(panel.comparisons)}
     if panel.per_group.height:
-        figs["forest"] = plots.forest_figure(panel.per_group)
+        figs["forest"] = plots.forest_figure(panel.per_group, alpha=float(panel.settings.get("alpha", ALPHA)))
     if panel.curve.height:
         figs["curve"] = plots.interpolation_figure(panel.curve, panel.barriers)
     return figs
@@ -1056,18 +1064,6 @@ def write_report(panel: Panel, out_dir: str | Path, *, overwrite: bool = False) 
                 "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}</style></head><body>\n"
                 + "\n".join(body) + "\n</body></html>\n")
         (tmp / "report.html").write_text(page, encoding="utf-8")
-        (tmp / "panel.json").write_text(json.dumps(_json_safe(panel.settings), indent=2, sort_keys=True) + "\n",
+        (tmp / "panel.json").write_text(json.dumps(json_safe(panel.settings), default=str, indent=2, sort_keys=True) + "\n",
                                         encoding="utf-8")
     return out
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)

@@ -409,11 +409,12 @@ def delta_bars_figure(comparisons: pl.DataFrame, *, primary_only: bool = True, t
 
 
 def forest_figure(per_group: pl.DataFrame, *, metric: str | None = None,
-                  levels: Sequence[str] = ("task", "field", "paradigm"), title: str | None = None) -> go.Figure:
+                  levels: Sequence[str] = ("task", "field", "paradigm"), title: str | None = None,
+                  alpha: float = 0.05) -> go.Figure:
     """Forest plot: the merge vs the best-on-dev ingredient per task, BLiMP field and paradigm.
 
     ``per_group`` is :attr:`workbench.compare.Panel.per_group`. One row per group with its
-    CI; filled markers where the Holm-adjusted p is below 0.05.
+    CI; filled markers where the Holm-adjusted p is below ``alpha`` (the panel's, 0.05 by default).
 
     >>> df = pl.DataFrame({"task": ["blimp", "blimp"], "level": ["task", "field"], "group": ["blimp", "syntax"],
     ...     "metric": ["acc", "acc"], "estimate": [0.01, 0.02], "low": [-0.01, -0.02], "high": [0.03, 0.05],
@@ -435,7 +436,7 @@ def forest_figure(per_group: pl.DataFrame, *, metric: str | None = None,
         est = sub["estimate"].to_numpy() * scale
         low = sub["low"].to_numpy() * scale
         high = sub["high"].to_numpy() * scale
-        sig = [(p is not None and p < 0.05) for p in sub["p_holm"].to_list()]
+        sig = [(p is not None and p < alpha) for p in sub["p_holm"].to_list()]
         labels = [f"{t}: {g}" if level != "task" else f"{g} (all)" for t, g in zip(sub["task"].to_list(), sub["group"].to_list())]
         fig.add_trace(go.Scatter(
             x=est.tolist(), y=labels, mode="markers", name=level,

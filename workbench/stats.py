@@ -1,7 +1,7 @@
 """Paired statistics on per-item results: bootstrap, McNemar, Holm, barrier, dev/test split.
 
 Everything here is pure (arrays in, numbers out) and seeded, so the same inputs and seed give
-identical statistics. Conventions (see ``DESIGN.md``, "Statistics conventions"):
+identical statistics. Conventions (see the README, "Claim check"):
 
 * the unit is the item; two models are compared on the *same* items, so differences are paired;
 * BLiMP confidence intervals resample items *within* paradigms (``clusters=paradigm``), which
@@ -245,7 +245,7 @@ def paired_bootstrap(
     ``x`` and ``y`` are per-item values of two systems on the same items, in the same order
     (booleans for accuracy, floats for margins or log-likelihoods). ``clusters`` (e.g. the BLiMP
     paradigm of each item) makes the resampling clustered: with ``resample="within"`` (the
-    default, DESIGN's convention) items are redrawn with replacement *inside* each cluster, so
+    default, the workbench's convention) items are redrawn with replacement *inside* each cluster, so
     every cluster keeps its size; ``resample="clusters"`` redraws whole clusters instead.
     ``weights`` turn the mean into ``sum(w*d)/sum(w)`` (e.g. bytes per document for a
     bits-per-byte difference). Percentile interval; vectorised and seeded.
@@ -266,16 +266,8 @@ def paired_bootstrap(
     d = xa - ya
     if not np.all(np.isfinite(d)):
         raise WorkbenchError("paired_bootstrap: non-finite per-item values (NaN or inf) in x or y")
-    if weights is None:
-        w = np.ones(n, dtype=np.float64)
-    else:
-        w = as_array(weights, name="weights")
-        if w.shape[0] != n or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise WorkbenchError("weights: need one finite non-negative weight per item, not all zero")
-    if n_resamples < 1:
-        raise WorkbenchError(f"n_resamples: must be positive, got {n_resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise WorkbenchError(f"confidence: must be in (0, 1), got {confidence}")
+    w = _checked_weights(weights, n)
+    _check_resampling(n_resamples, confidence)
     if resample not in ("within", "clusters"):
         raise WorkbenchError(f"resample: must be 'within' or 'clusters', got {resample!r}")
     order, sizes, offsets = _cluster_layout(clusters, n)
@@ -479,6 +471,23 @@ def barrier_t(ts: Any, losses: Any) -> float:
     return float(t[int(np.argmax(loss - _chord(t, loss)))])
 
 
+def _checked_weights(weights: Any, n: int) -> np.ndarray:
+    """Per-item weights (ones when None); one clear error for a wrong length or a bad value."""
+    if weights is None:
+        return np.ones(n, dtype=np.float64)
+    w = as_array(weights, name="weights")
+    if w.shape[0] != n or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise WorkbenchError("weights: need one finite non-negative weight per item, not all zero")
+    return w
+
+
+def _check_resampling(n_resamples: int, confidence: float) -> None:
+    if n_resamples < 1:
+        raise WorkbenchError(f"n_resamples: must be positive, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise WorkbenchError(f"confidence: must be in (0, 1), got {confidence}")
+
+
 def barrier_ci(
     ts: Any,
     item_losses: Any,
@@ -509,8 +518,10 @@ def barrier_ci(
         raise WorkbenchError(f"barrier_ci: item_losses must be (items, {t.shape[0]} t values), got {m.shape}")
     if not np.all(np.isfinite(m)):
         raise WorkbenchError("barrier_ci: non-finite per-item losses")
+    _curve(t, m[0])  # the grid's own checks: finite, >= 2 points, some width
     n = m.shape[0]
-    w = np.ones(n) if weights is None else as_array(weights, name="weights")
+    w = _checked_weights(weights, n)
+    _check_resampling(n_resamples, confidence)
     order, sizes, offsets = _cluster_layout(clusters, n)
     means = np.stack(
         [_bootstrap_distribution(m[:, k], w, order, sizes, offsets, int(n_resamples), int(seed), "within", gather=True)

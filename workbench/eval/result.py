@@ -47,14 +47,14 @@ def items_frame(rows: dict[str, list]) -> pl.DataFrame:
     return pl.DataFrame(cols)
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe copy: non-finite floats become None."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -69,7 +69,7 @@ class EvalResult:
 
     def summary_json(self) -> str:
         """The summary and settings as canonical JSON text (sorted keys)."""
-        return json.dumps(_clean({"summary": self.summary, "settings": self.settings}), indent=2, sort_keys=True) + "\n"
+        return json.dumps(json_safe({"summary": self.summary, "settings": self.settings}), indent=2, sort_keys=True) + "\n"
 
     def write(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``items.parquet`` and ``summary.json`` into ``out_dir`` atomically
