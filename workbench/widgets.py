@@ -530,7 +530,7 @@ class MergeExplorer:
                 time.sleep(0.05)
         return True
 
-    def grid_tables(self, method: str | None = None, *, timeout: float = 600.0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def grid_tables(self, method: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         """(curve, deltas) over the t grid for ``method`` (default: the dropdown's), reusing what the
         explorer already evaluated; feeds :func:`workbench.plots.t_slider_figure`."""
         method = method or self.method.value
