@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _eval_model import _one_thread, build_tiny_model, tiny_model_dir  # noqa: E402,F401  (fixtures)

@@ -150,6 +150,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def check_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """``out_dir`` as an absolute path; an error if it exists and ``overwrite`` is not set.
+
+    Commands call it before any work, so a run that would be refused at the end is refused
+    at the start; :func:`atomic_output_dir` checks again when it writes.
+    """
+    out = Path(out_dir).absolute()
+    if out.exists() and not overwrite:
+        raise WorkbenchError(f"output directory {out} already exists (pass --overwrite / overwrite=True to replace it)")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out_dir``; rename it to ``out_dir`` on success.
@@ -167,11 +179,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, *, overwrite: bool = False) ->
     Traceback (most recent call last):
     workbench.errors.WorkbenchError: output directory ... already exists (pass --overwrite / overwrite=True to replace it)
     """
-    out = Path(out_dir).absolute()
-    if out.exists() and not overwrite:
-        raise WorkbenchError(
-            f"output directory {out} already exists (pass --overwrite / overwrite=True to replace it)"
-        )
+    out = check_output_dir(out_dir, overwrite=overwrite)
     if out.exists() and not out.is_dir():
         raise WorkbenchError(f"output path {out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -428,6 +436,20 @@ def stat_key(ck: Checkpoint) -> tuple:
     sources = {id(src): src for src in ck._files.values()}.values()  # one entry per file, not per tensor
     files = sorted({str(src.path if isinstance(src, _SafetensorsFile) else src["__path__"]) for src in sources})
     return tuple((f, st.st_size, st.st_mtime_ns) for f in files for st in (os.stat(f),))
+
+
+def resolve_device(device: "str | torch.device | None") -> str:
+    """The device to run on: ``None`` / ``"auto"`` is CUDA when present, else the CPU; a CUDA
+    device on a machine without CUDA is one clear error.
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise WorkbenchError(f"device {str(device)!r} requested but CUDA is not available on this machine")
+    return str(device)
 
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")

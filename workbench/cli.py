@@ -142,16 +142,13 @@ def eval_command(
     """Evaluate MODEL on TASKS and write per-item results and an lm-eval style summary to --out."""
     import json as _json
 
-    import torch
-
-    from workbench.checkpoints import load_model, load_tokenizer, open_checkpoint
+    from workbench.checkpoints import check_output_dir, load_model, load_tokenizer, open_checkpoint, resolve_device
     from workbench.eval import evaluate, parse_tasks
     from workbench.store import ResultStore
 
     task_list = parse_tasks(tasks)
-    if out.exists() and not overwrite:
-        raise WorkbenchError(f"{out}: output directory exists (use --overwrite to replace it)")
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_output_dir(out, overwrite=overwrite)
+    dev = resolve_device(device)
     ck = open_checkpoint(model)
     tok = load_tokenizer(ck)
     net = load_model(ck, device=dev)
@@ -288,14 +285,11 @@ def compare_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
 ) -> None:
     """Check a merge's claim: evaluate it and fair baselines on the same items, write the verdict."""
+    from workbench.checkpoints import check_output_dir
     from workbench.compare import run_panel, write_report
 
-    names = [p for item in list(ingredients) + list(ctx.args) for p in item.split(",") if p]
-    stray = [a for a in ctx.args if a.startswith("-")]
-    if stray:
-        raise WorkbenchError(f"compare: unknown option(s) {stray}")
-    if out.exists() and not overwrite:
-        raise WorkbenchError(f"output directory {out} already exists (pass --overwrite to replace it)")
+    names = _list_option(ingredients, ctx, "compare")
+    check_output_dir(out, overwrite=overwrite)
     if not recipe.is_file():
         raise WorkbenchError(f"recipe file {recipe} does not exist")
     if curve_ts.strip().lower() in ("", "none", "off"):
@@ -305,10 +299,9 @@ def compare_command(
             grid = [float(x) for x in curve_ts.split(",") if x.strip()]
         except ValueError:
             raise WorkbenchError(f"--curve-ts: expected comma-separated numbers, got {curve_ts!r}") from None
-    if device is None:
-        import torch
+    from workbench.checkpoints import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     panel = run_panel(
         names, recipe, tasks, data_dir=data_dir, limit=limit, seed=seed, device=device, control=control,
         curve_ts=grid, n_resamples=resamples, dev_fraction=dev_fraction, batch_size=batch_size,
@@ -350,22 +343,19 @@ def train_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train a checkpoint family (trajectory, siblings, independent runs, annealed control, held-out text)."""
-    from workbench.factory import train_family
+    from workbench.factory import PRESETS, train_family
 
     if preset is not None:
         if recipe is not None and out_dir is not None:
             raise WorkbenchError("train: with --preset give only OUT_DIR (repeat --corpus for several files)")
         recipe, out_dir = preset, Path(recipe) if recipe is not None else None
-        if preset not in ("tiny", "demo"):
-            raise WorkbenchError(f"train: unknown preset {preset!r} (tiny, demo)")
+        if preset not in PRESETS:
+            raise WorkbenchError(f"train: unknown preset {preset!r} ({', '.join(PRESETS)})")
     if recipe is None or out_dir is None:
         raise WorkbenchError("train: give RECIPE.yaml OUT_DIR, or --preset tiny|demo OUT_DIR")
     if preset is None and not Path(recipe).is_file():
         raise WorkbenchError(f"training recipe {recipe} does not exist (use --preset tiny|demo for the presets)")
-    stray = [a for a in ctx.args if a.startswith("-")]
-    if stray:
-        raise WorkbenchError(f"train: unknown option(s) {stray}")
-    files = [p for item in list(corpus or []) + list(ctx.args) for p in item.split(",") if p]
+    files = _list_option(corpus or [], ctx, "train")
     if ctx.args and not corpus:
         raise WorkbenchError(f"train: unexpected argument(s) {ctx.args}")
     fam = train_family(recipe, out_dir, corpus=files or None, device=device, progress=not quiet, data_dir=data_dir)
@@ -376,6 +366,15 @@ def train_command(
         f"{fam.info.get('n_params', 0):,} parameters; built in {build.get('seconds', 0)} s on {build.get('device', '?')}"
     )
     typer.echo(str(fam.root))
+
+
+def _list_option(values: list[str], ctx: typer.Context, command: str) -> list[str]:
+    """A repeatable, comma-separable option: its values plus the extra words after it
+    (``--corpus a.txt b.txt``); a stray ``-x`` among them is an unknown option."""
+    stray = [a for a in ctx.args if a.startswith("-")]
+    if stray:
+        raise WorkbenchError(f"{command}: unknown option(s) {stray}")
+    return [p for item in list(values) + list(ctx.args) for p in item.split(",") if p]
 
 
 def main() -> None:  # pragma: no cover - console entry point

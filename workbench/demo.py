@@ -48,21 +48,23 @@ def demo_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
 
 
 def reuse_family(family_dir: str | os.PathLike, preset: str) -> Any:
-    """The complete family of ``preset`` already in ``family_dir``, else None (then it is built or resumed)."""
-    from workbench.factory import load_family
+    """The complete family of ``preset`` already in ``family_dir`` (trained from that preset's
+    recipe), else None (then it is built or resumed)."""
+    from workbench.factory import load_family, load_train_recipe
 
-    if not (Path(family_dir) / "family.yaml").is_file():
-        return None
     try:
         family = load_family(family_dir)
-    except WorkbenchError:  # incomplete: train_family resumes it
+    except WorkbenchError:  # missing or incomplete: train_family builds or resumes it
         return None
-    return family if family.recipe.name == preset else None
+    same = family.recipe.model_dump(mode="json") == load_train_recipe(preset).model_dump(mode="json")
+    return family if same else None
 
 
 def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
                     subsample: int | None = DEMO_SUBSAMPLE) -> dict[str, dict[str, Any]]:
     """Notebook name -> papermill parameters for a family (see the module docstring)."""
+    from workbench.checkpoints import resolve_device
+
     if len(family.trajectory) < 2:
         raise WorkbenchError(f"{family.root}: the demo needs at least two trajectory checkpoints")
     angle_models = [*family.siblings, *family.independent[:1]]
@@ -76,7 +78,7 @@ def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
             "tasks": [*DEMO_TASKS, f"text:{family.heldout}"], "t_grid": DEMO_T_GRID,
             "subsample": None if subsample is None else {task: subsample for task in DEMO_TASKS},
             "seed": 0,
-            "device": device or "cpu", "data_dir": dd,
+            "device": resolve_device(device), "data_dir": dd,
         },
         "layer_angles": {"models": [str(p) for p in angle_models], "t": 0.5},
     }
@@ -105,10 +107,11 @@ def run_demo(
     preset: str = "demo",
 ) -> Path:
     """Build or reuse the demo family, run the two report notebooks, write ``out``; return the report path."""
-    from workbench.checkpoints import atomic_output_dir
+    from workbench.checkpoints import atomic_output_dir, resolve_device
     from workbench.factory import train_family
     from workbench.runner import run_notebook
 
+    device = resolve_device(device)  # the family and both notebooks run on the same device
     start = time.perf_counter()
     nb_dir = notebooks_dir()
     data = demo_data_dir(data_dir)

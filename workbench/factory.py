@@ -603,13 +603,9 @@ def _write_family_yaml(root: Path, info: dict) -> None:
 
 
 def _pick_device(device: "str | None") -> str:
-    import torch
+    from workbench.checkpoints import resolve_device
 
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise WorkbenchError(f"device {device}: CUDA is not available on this machine")
-    return str(device)
+    return resolve_device(device)
 
 
 def _llama_config(recipe: TrainRecipe, tokenizer) -> dict:

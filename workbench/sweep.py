@@ -435,11 +435,6 @@ class _WorkerState:
 _STATE = _WorkerState()
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 def compute_point(job: Job) -> dict[str, Any]:
     """Merge one point in memory and evaluate it on ``job.tasks``: task -> EvalResult.
@@ -449,7 +444,9 @@ def compute_point(job: Job) -> dict[str, Any]:
     from workbench.eval import evaluate
     from workbench.merge import merged_model
 
-    device = job.device or _default_device()
+    from workbench.checkpoints import resolve_device
+
+    device = resolve_device(job.device)
     model = merged_model(job.recipe, device=device, checkpoints=_STATE.checkpoints_for(job.recipe))
     tokenizer = _STATE.tokenizer(job.tokenizer)
     kwargs: dict[str, Any] = {"data_dir": job.data_dir, "limit": job.limit, "seed": job.seed}
@@ -735,8 +732,10 @@ def run_sweep(
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
     if backend not in ("local", "ray"):
         raise WorkbenchError(f"unknown backend {backend!r}; use local or ray")
-    if out_dir is not None and Path(out_dir).exists() and not overwrite:
-        raise WorkbenchError(f"output directory {Path(out_dir).absolute()} already exists (pass --overwrite / overwrite=True to replace it)")
+    if out_dir is not None:
+        from workbench.checkpoints import check_output_dir
+
+        check_output_dir(out_dir, overwrite=overwrite)
     if ray_address and backend != "ray":
         raise WorkbenchError("--ray-address needs --backend ray")
     if backend == "ray" and ray_address:

@@ -166,9 +166,7 @@ class ExplorerSession:
         dev_fraction: float = 0.5,
         batch_size: int = 64,
     ):
-        import torch
-
-        from workbench.checkpoints import load_model, load_tokenizer, open_checkpoint
+        from workbench.checkpoints import load_model, load_tokenizer, open_checkpoint, resolve_device
         from workbench.eval import evaluate
         from workbench.stats import dev_test_split
 
@@ -177,7 +175,7 @@ class ExplorerSession:
         self.models = [os.fspath(m) for m in models]
         self.tasks = list(tasks)
         self.seed = int(seed)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.checkpoints = {m: open_checkpoint(m) for m in self.models}

@@ -38,6 +38,7 @@ from workbench.checkpoints import (
     layer_template,
     model_from_state_dict,
     open_checkpoint,
+    resolve_device,
     stat_key,
 )
 from workbench.errors import WorkbenchError
@@ -488,12 +489,7 @@ def _run_job(plan: MergePlan, job: TensorJob, device: torch.device, allow_nonfin
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise WorkbenchError(f"device {device!r} requested but CUDA is not available")
-    return d
+    return torch.device(resolve_device(device))
 
 
 def _compute_dtype(plan: MergePlan, job: TensorJob) -> torch.dtype:
