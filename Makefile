@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	@# CPU build of torch unless a GPU is visible (an unpinned torch pulls a multi-GB CUDA build).
+	@# CPU build of torch unless a GPU is visible: the pinned version resolves to the CPU wheel
+	@# from this environment's package sources (an unpinned torch pulls a multi-GB CUDA build).
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 	  $(PY) -m pip install torch; else $(PY) -m pip install torch==2.13.0; fi
 	$(PY) -m pip install -e '.[dev]'

@@ -161,7 +161,7 @@ def pairwise_angles_heatmaps(pairs: pl.DataFrame, *, value: str = "angle_deg", m
     n = len(keys)
     cols = min(3, max(n, 1))
     nrows = (n + cols - 1) // cols
-    titles = [f"{_short(a)} vs {_short(b)}" for a, b in keys]
+    titles = [f"{short_label(a)} vs {short_label(b)}" for a, b in keys]
     fig = make_subplots(rows=max(nrows, 1), cols=cols, subplot_titles=titles, horizontal_spacing=0.08)
     vmax = float(pairs[value].max()) if len(pairs) else 1.0
     vmin = float(pairs[value].min()) if len(pairs) else 0.0
@@ -177,7 +177,12 @@ def pairwise_angles_heatmaps(pairs: pl.DataFrame, *, value: str = "angle_deg", m
     return fig
 
 
-def _short(path: str, keep: int = 2) -> str:
+def short_label(path: str, keep: int = 2) -> str:
+    """The last ``keep`` parts of a checkpoint path, for legends and titles.
+
+    >>> short_label("/data/families/demo/trajectory/step-000300")
+    'trajectory/step-000300'
+    """
     parts = str(path).rstrip("/").split("/")
     return "/".join(parts[-keep:])
 

@@ -239,7 +239,8 @@ def run_notebook(
     Example (runs a real notebook; see tests/test_notebooks.py)::
 
         run_notebook("notebooks/layer_angles.ipynb", "runs/angles",
-                     parameters={"models": ["data/demo/siblings/0", "data/demo/siblings/1"]})
+                     parameters={"models": ["data/families/demo/siblings/sibling-1",
+                                             "data/families/demo/siblings/sibling-2"]})
     """
     import papermill
     from nbclient.exceptions import CellTimeoutError
