@@ -3,7 +3,7 @@
 A *family* is one directory of Hugging Face checkpoints that share a tokenizer, plus a
 ``family.yaml`` describing them:
 
-- ``trajectory``: one run at constant learning rate; the last ``keep_last`` checkpoints,
+- ``trajectory``: one run at the recipe's learning-rate schedule (constant by default); the last ``keep_last`` checkpoints,
   ``checkpoint_every`` steps apart, are kept (averaging them is a known positive control).
 - ``siblings``: runs branched from a late shared trajectory checkpoint (by default the first
   kept one), continued with different data orders.
@@ -639,6 +639,16 @@ def _new_model(config: dict, seed: int, device: str):
     return model.to(device)
 
 
+def _param_count(config: dict) -> int:
+    """Parameters of the model ``config`` describes (built on the meta device: no memory,
+    no initialisation, the global random state untouched)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(**config)).parameters())
+
+
 def _new_optimizer(model, recipe: TrainRecipe):
     import torch
 
@@ -923,7 +933,7 @@ def train_family(
         branch_state = trainer.state_dir / f"branch-{branch:06d}.pt"
         anneal_state = trainer.state_dir / f"branch-{recipe.window_start():06d}.pt"
 
-        def const(step: int) -> float:
+        def trajectory_lr(step: int) -> float:
             return lr_at(step, lr=o.lr, warmup=o.warmup_steps, schedule=tr.schedule, total=tr.steps,
                          min_ratio=o.min_lr_ratio)
 
@@ -932,7 +942,7 @@ def train_family(
         if recipe.annealed.enabled:
             extra[recipe.window_start()] = anneal_state
         traj = _Run(
-            name="trajectory", init_seed=seed, data_seed=seed, start_step=0, end_step=tr.steps, lr_fn=const,
+            name="trajectory", init_seed=seed, data_seed=seed, start_step=0, end_step=tr.steps, lr_fn=trajectory_lr,
             save_steps=traj_dirs, state_steps=set(range(tr.checkpoint_every, tr.steps + 1, tr.checkpoint_every)),
             extra_state=extra,
         )
@@ -989,7 +999,7 @@ def train_family(
                 ind_entries.append({"path": f"independent/{name}", "init_seed": s_i, "data_seed": s_i, "steps": n,
                                     "tokens": n * B * S})
 
-        n_params = sum(p.numel() for p in _new_model(config, seed, "cpu").parameters())
+        n_params = _param_count(config)
         info.update(
             {
                 "status": "complete",

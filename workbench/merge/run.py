@@ -47,6 +47,7 @@ from workbench.merge import model_stock as _ms
 from workbench.merge import spherical as _sph
 from workbench.merge import task_vectors as _tv
 from workbench.merge.recipe import (
+    DTYPES,
     METHODS,
     REQUIRED,
     T_METHODS,
@@ -68,12 +69,7 @@ __all__ = [
     "recipe_fingerprint",
 ]
 
-DTYPE_NAMES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
+DTYPE_NAMES = {name: getattr(torch, name) for name in DTYPES}  # the recipe's dtype names, as torch dtypes
 ARCH_KEYS = (
     "model_type",
     "hidden_size",
