@@ -246,8 +246,12 @@ def explorer_figure(tasks: Sequence[str], ingredients: Sequence[str], fields: Se
     >>> [t.name for t in fig.data]
     ['blimp (t grid)', 'blimp (current)', 'vs m0', 'vs m1']
     """
+    # accuracy tasks plot accuracy; perplexity tasks (wikitext, text:) their word perplexity
+    perplexity = [t for t in tasks if t == "wikitext" or t.startswith("text:")]
+    metric = "accuracy" if not perplexity else "word perplexity" if len(perplexity) == len(tasks) else \
+        "accuracy / word perplexity"
     fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45],
-                        subplot_titles=("accuracy vs t (dev subsample)", "merge minus ingredient, per BLiMP field"))
+                        subplot_titles=(f"{metric} vs t (dev subsample)", "merge minus ingredient, per BLiMP field"))
     for task in tasks:
         fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=f"{task} (t grid)", legendgroup=task), row=1, col=1)
         fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name=f"{task} (current)", legendgroup=task,
@@ -255,7 +259,7 @@ def explorer_figure(tasks: Sequence[str], ingredients: Sequence[str], fields: Se
     for ing in ingredients:
         fig.add_trace(go.Bar(x=list(fields), y=[0.0] * len(fields), name=f"vs {ing}"), row=1, col=2)
     fig.update_xaxes(title_text="t", range=[-0.02, 1.02], row=1, col=1)
-    fig.update_yaxes(title_text="accuracy", row=1, col=1)
+    fig.update_yaxes(title_text=metric, row=1, col=1)
     fig.update_yaxes(title_text="accuracy delta", zeroline=True, row=1, col=2)
     fig.update_layout(height=420, barmode="group", margin={"t": 60, "b": 40}, legend={"orientation": "h", "y": -0.18})
     return fig
