@@ -118,9 +118,9 @@ def main() -> None:
     ap.add_argument("--demo", action="store_true", help="also time `workbench demo` cold and warm")
     args = ap.parse_args()
 
-    from workbench.demo import demo_data_dir
+    from workbench.io.datadir import resolve_data_dir
 
-    data = demo_data_dir(args.data_dir)
+    data = resolve_data_dir(args.data_dir)
     with tempfile.TemporaryDirectory(prefix="bench-slider-") as tmp:
         models, what = synthetic_pair(Path(tmp)) if args.synthetic else family_pair(args.family, data)
         print(json.dumps(latency(models, what, args.n, args.limit, args.debounce, data, args.seed)), flush=True)

@@ -24,7 +24,6 @@ all at once or not at all.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import mmap
 import os
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.fingerprints import tensor_bytes, tensor_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -406,23 +406,20 @@ class Checkpoint:
         idx = [layer_index(nm) for nm in self._names]
         return max((i for i in idx if i is not None), default=-1) + 1
 
+    def _raw_bytes(self, name: str) -> bytes:
+        src = self._files[name]
+        return src.raw_bytes(name) if isinstance(src, _SafetensorsFile) else tensor_bytes(src[name])
+
     def fingerprint(self) -> str:
         """sha256 over names, dtypes, shapes and bytes of every stored tensor (memoised)."""
         if self._fingerprint is None:
             key = stat_key(self)
             cached = _FINGERPRINTS.get(key)
             if cached is None:
-                h = hashlib.sha256()
-                for name in sorted(self._files):
-                    h.update(f"{name}|{self.dtype(name)}|{self.shape(name)}|".encode())
-                    src = self._files[name]
-                    if isinstance(src, _SafetensorsFile):
-                        h.update(src.raw_bytes(name))
-                    else:
-                        t = src[name].contiguous()
-                        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-                h.update(f"tied={self.tied}".encode())
-                cached = h.hexdigest()
+                cached = tensor_digest(
+                    ((name, self.dtype(name), self.shape(name), self._raw_bytes(name)) for name in sorted(self._files)),
+                    trailer=f"tied={self.tied}",
+                )
                 _FINGERPRINTS[key] = cached
             self._fingerprint = cached
         return self._fingerprint

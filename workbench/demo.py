@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.io.datadir import resolve_data_dir
 
 #: Evaluation settings of the demo report: benchmarks subsampled (items per BLiMP paradigm /
 #: ARC stratum); the family's held-out text is added in full, since that is where a trajectory
@@ -35,16 +36,6 @@ def notebooks_dir() -> Path:
         if (candidate / "soup_report.ipynb").is_file():
             return candidate
     raise WorkbenchError("notebooks/soup_report.ipynb not found: run the demo from the repository checkout")
-
-
-def demo_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """Evaluation and corpus data: the argument, ``$WORKBENCH_DATA_DIR``, ``<repo>/../shared/data``, else None (Hub)."""
-    from workbench.factory import default_data_dir
-
-    path = default_data_dir(data_dir)
-    if path is not None and not Path(path).is_dir():
-        raise WorkbenchError(f"{path}: data directory not found")
-    return Path(path).absolute() if path is not None else None
 
 
 def reuse_family(family_dir: str | os.PathLike, preset: str) -> Any:
@@ -114,7 +105,7 @@ def run_demo(
     device = resolve_device(device)  # the family and both notebooks run on the same device
     start = time.perf_counter()
     nb_dir = notebooks_dir()
-    data = demo_data_dir(data_dir)
+    data = resolve_data_dir(data_dir)
     family = reuse_family(family_dir, preset)
     if family is None:
         family = train_family(preset, family_dir, data_dir=data, device=device, progress=progress)

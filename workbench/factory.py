@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Seq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from workbench.errors import WorkbenchError, parse_yaml
+from workbench.errors import WorkbenchError
+from workbench.io.datadir import resolve_data_dir
+from workbench.io.yaml import parse_yaml
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -278,17 +280,6 @@ def recipe_hash(recipe: TrainRecipe, corpus_digests: Sequence[str] = ()) -> str:
 
 # ----------------------------------------------------------------------------------------
 # corpus
-
-
-def default_data_dir(data_dir: "str | os.PathLike | None" = None) -> Path | None:
-    """The data directory: argument > env ``WORKBENCH_DATA_DIR`` > ``<repo>/../shared/data``."""
-    if data_dir is not None:
-        return Path(data_dir)
-    env = os.environ.get("WORKBENCH_DATA_DIR")
-    if env:
-        return Path(env)
-    guess = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return guess if guess.is_dir() else None
 
 
 def resolve_corpus(
@@ -1040,7 +1031,7 @@ def _corpus_files(
     if corpus is not None:
         files = resolve_corpus([str(c) for c in corpus], None)
     else:
-        ddir = default_data_dir(data_dir)
+        ddir = resolve_data_dir(data_dir)
         if ddir is None and any(not Path(p).is_absolute() for p in recipe.data.corpus):
             raise WorkbenchError(
                 "no data directory for the corpus: pass --corpus FILES, --data-dir DIR or set WORKBENCH_DATA_DIR"

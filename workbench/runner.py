@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 
-from workbench.errors import WorkbenchError, parse_yaml
+from workbench.errors import WorkbenchError
+from workbench.io.yaml import parse_yaml
 
 #: The kernel name written into the notebooks and used for headless runs.
 KERNEL_NAME = "python3"

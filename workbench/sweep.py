@@ -51,7 +51,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from workbench.errors import WorkbenchError, is_path_like_source, parse_yaml
+from workbench.errors import WorkbenchError
+from workbench.io.yaml import is_path_like_source, parse_yaml
 
 #: Merge parameters an axis may set (mergekit names).
 MERGE_PARAMETERS: tuple[str, ...] = ("t", "weight", "density", "epsilon", "lambda")
@@ -651,7 +652,7 @@ def _max_length(config: Mapping[str, Any], tokenizer: Any) -> int:
 
 
 def _data_dir(spec: SweepSpec) -> str | None:
-    from workbench.eval.data import resolve_data_dir
+    from workbench.io.datadir import resolve_data_dir
 
     given = spec.data_dir
     if given is not None and not Path(given).expanduser().is_absolute():

@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from workbench.eval.data import BLIMP_PARADIGMS, resolve_data_dir
+from workbench.eval.data import BLIMP_PARADIGMS
+from workbench.io.datadir import resolve_data_dir
 from workbench.eval.result import ITEM_SCHEMA, EvalResult
 from workbench.eval.scoring import ScoreResult, score_requests
 from workbench.eval.tasks import KNOWN_TASKS, evaluate, model_fingerprint_of, parse_tasks

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.io.datadir import DATA_DIR_HINT as _HINT
 
 #: The 67 BLiMP paradigms (UIDs), in the order of the published data set.
 BLIMP_PARADIGMS: tuple[str, ...] = (
@@ -66,26 +67,6 @@ BLIMP_FIELDS = ("sentence_good", "sentence_bad", "field", "linguistics_term", "U
 ARC_SPLITS = {"train": "Train", "validation": "Dev", "test": "Test"}
 WIKITEXT_SPLITS = {"validation": "valid.txt", "test": "test.txt"}
 
-_HINT = (
-    "pass --data-dir (or set WORKBENCH_DATA_DIR) to a folder laid out like the reference "
-    "data (blimp/, arc_easy/, wikitext-2/), or leave both unset to read from the Hugging Face Hub"
-)
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The data directory to read from: the argument, else ``$WORKBENCH_DATA_DIR``, else None (Hub).
-
-    >>> resolve_data_dir("/tmp") == Path("/tmp")
-    True
-    """
-    if data_dir is None:
-        data_dir = os.environ.get("WORKBENCH_DATA_DIR") or None
-    if data_dir is None:
-        return None
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise WorkbenchError(f"{path}: data directory not found; {_HINT}")
-    return path
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:

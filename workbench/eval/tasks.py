@@ -41,6 +41,8 @@ import polars as pl
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.io.datadir import resolve_data_dir
+from workbench.fingerprints import tensor_bytes, tensor_digest
 from workbench.eval import data as D
 from workbench.eval.result import EvalResult, items_frame
 from workbench.eval.scoring import model_device, score_requests
@@ -557,13 +559,10 @@ def run_text(ctx: _Ctx, task: str, limit, seed, item_ids) -> EvalResult:
 
 def model_fingerprint_of(model: torch.nn.Module) -> str:
     """sha256 over the names, dtypes, shapes and bytes of a model's parameters and buffers."""
-    h = hashlib.sha256()
-    for name, t in list(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    h.update(type(model).__name__.encode())
-    return h.hexdigest()
+    return tensor_digest(
+        ((name, t.dtype, tuple(t.shape), tensor_bytes(t)) for name, t in model.state_dict().items()),
+        trailer=type(model).__name__,
+    )
 
 
 def _item_ids_for(item_ids, task: str) -> Collection[str] | None:
@@ -613,7 +612,7 @@ def evaluate(
         res.summary["blimp"]["acc,none"], res.items.head()
     """
     task_list = parse_tasks(tasks)
-    ddir = D.resolve_data_dir(data_dir)
+    ddir = resolve_data_dir(data_dir)
     if tokenizer is None:
         raise WorkbenchError("no tokenizer given: the model directory has no tokenizer files")
     tok = _Tok(tokenizer)

@@ -50,7 +50,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from workbench.errors import WorkbenchError, is_path_like_source, parse_yaml
+from workbench.errors import WorkbenchError
+from workbench.io.yaml import is_path_like_source, parse_yaml
 
 __all__ = [
     "METHODS",

@@ -1,0 +1,1 @@
+"""Files: atomic writes, safetensors reading and writing, YAML loading, the data directory rule."""
