@@ -1,0 +1,53 @@
+"""Commands that run many merges: ``sweep``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.app import app, user_errors
+
+# --- sweep: grids of (merge, evaluation) points, cached and resumable, local or on Ray -----
+
+
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (YAML): ingredients, recipe, axes, tasks.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output directory: results.parquet, items.parquet, points.json, log.jsonl.")
+    ],
+    backend: Annotated[
+        str, typer.Option("--backend", help="local (one process) or ray (one Ray task per point).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start one here)."),
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Results cache directory (default: $WORKBENCH_CACHE or data/cache/results)."),
+    ] = None,
+    ray_timeout: Annotated[
+        float, typer.Option("--ray-timeout", help="Seconds to wait for the Ray cluster to answer before giving up.")
+    ] = 60.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
+) -> None:
+    """Merge and evaluate every point of SWEEP_FILE; points already in the cache are reused."""
+    from workbench.store import ResultStore
+    from workbench.sweep import run_sweep
+
+    result = run_sweep(
+        sweep_file,
+        out,
+        backend=backend,
+        ray_address=ray_address,  # type: ignore[arg-type]
+        store=ResultStore(cache) if cache is not None else None,
+        overwrite=overwrite,
+        ray_timeout=ray_timeout,
+    )
+    n = len(result.points)
+    typer.echo(f"{n} points: {len(result.computed)} computed, {n - len(result.computed)} from the cache")
+    typer.echo(f"results: {out / 'results.parquet'} ({result.table.height} rows), items: {out / 'items.parquet'}")

@@ -1,0 +1,85 @@
+"""Commands that read or write model weights: ``merge`` and ``angles``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.app import app, user_errors
+from workbench.errors import WorkbenchError
+
+# --- merge: run a mergekit-style recipe into a model directory ----------------------------
+
+
+@app.command("merge")
+@user_errors
+def merge_command(
+    recipe: Annotated[Path, typer.Argument(help="Merge recipe (mergekit YAML).")],
+    out_dir: Annotated[Path, typer.Argument(help="Output model directory (written atomically).")],
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT_DIR.")] = False,
+    allow_nonfinite: Annotated[
+        bool, typer.Option("--allow-nonfinite", help="Merge even if an input holds NaN/Inf.")
+    ] = False,
+    allow_extrapolation: Annotated[bool, typer.Option("--allow-extrapolation", help="Allow t outside [0, 1].")] = False,
+) -> None:
+    """Merge checkpoints as RECIPE says and write a Hugging Face model directory to OUT_DIR."""
+    from workbench.merge import load_recipe, merge_to_disk
+
+    out = merge_to_disk(
+        load_recipe(recipe),
+        out_dir,
+        device=device,
+        overwrite=overwrite,
+        allow_nonfinite=allow_nonfinite,
+        allow_extrapolation=allow_extrapolation,
+        progress=True,
+    )
+    typer.echo(str(out))
+
+
+# --- angles: per-tensor angles and norms between two checkpoints --------------------------
+
+
+@app.command("angles")
+@user_errors
+def angles_command(
+    model_a: Annotated[str, typer.Argument(help="First model directory (or Hub id).")],
+    model_b: Annotated[str, typer.Argument(help="Second model directory (or Hub id).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the table to FILE.parquet or FILE.csv.")] = None,
+    t: Annotated[float, typer.Option("--t", help="Interpolation point for the SLERP/LERP norm factor.")] = 0.5,
+) -> None:
+    """Per-tensor norms, cosine, angle and SLERP norm factor between MODEL_A and MODEL_B."""
+    import io
+
+    from workbench.checkpoints import write_bytes_atomic
+    from workbench.geometry import tensor_angles
+
+    if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
+        raise WorkbenchError(f"{out}: --out must end in .parquet or .csv")
+    df = tensor_angles(model_a, model_b, t=t, progress=True)
+    if out is None:
+        import polars as pl
+
+        summary = (
+            df.group_by("group")
+            .agg(
+                pl.len().alias("tensors"),
+                pl.col("angle_deg").mean().alias("mean_angle_deg"),
+                pl.col("norm_factor").mean().alias("mean_norm_factor"),
+                pl.col("fallback").sum().alias("fallbacks"),
+            )
+            .sort("group")
+        )
+        with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
+            typer.echo(str(summary))
+        return
+    buf = io.BytesIO()
+    if out.suffix.lower() == ".parquet":
+        df.write_parquet(buf)
+    else:
+        df.write_csv(buf)
+    write_bytes_atomic(out, buf.getvalue())
+    typer.echo(str(out))
