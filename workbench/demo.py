@@ -54,7 +54,7 @@ def reuse_family(family_dir: str | os.PathLike, preset: str) -> Any:
 def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
                     subsample: int | None = DEMO_SUBSAMPLE) -> dict[str, dict[str, Any]]:
     """Notebook name -> papermill parameters for a family (see the module docstring)."""
-    from workbench.checkpoints import resolve_device
+    from workbench.devices import resolve_device
 
     if len(family.trajectory) < 2:
         raise WorkbenchError(f"{family.root}: the demo needs at least two trajectory checkpoints")
@@ -98,8 +98,9 @@ def run_demo(
     preset: str = "demo",
 ) -> Path:
     """Build or reuse the demo family, run the two report notebooks, write ``out``; return the report path."""
-    from workbench.checkpoints import atomic_output_dir, resolve_device
+    from workbench.devices import resolve_device
     from workbench.factory import train_family
+    from workbench.io.atomic import atomic_output_dir
     from workbench.runner import run_notebook
 
     device = resolve_device(device)  # the family and both notebooks run on the same device

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from workbench.errors import WorkbenchError
 from workbench.io.yaml import parse_yaml
 
@@ -246,7 +245,7 @@ def run_notebook(
     import papermill
     from nbclient.exceptions import CellTimeoutError
 
-    from workbench.checkpoints import atomic_output_dir
+    from workbench.io.atomic import atomic_output_dir
 
     path = Path(notebook)
     declared = notebook_parameters(path)

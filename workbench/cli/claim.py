@@ -52,8 +52,8 @@ def compare_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
 ) -> None:
     """Check a merge's claim: evaluate it and fair baselines on the same items, write the verdict."""
-    from workbench.checkpoints import check_output_dir
     from workbench.compare import run_panel, write_report
+    from workbench.io.atomic import check_output_dir
 
     names = list_option(ingredients, ctx, "compare")
     check_output_dir(out, overwrite=overwrite)
@@ -66,7 +66,7 @@ def compare_command(
             grid = [float(x) for x in curve_ts.split(",") if x.strip()]
         except ValueError:
             raise WorkbenchError(f"--curve-ts: expected comma-separated numbers, got {curve_ts!r}") from None
-    from workbench.checkpoints import resolve_device
+    from workbench.devices import resolve_device
 
     device = resolve_device(device)
     panel = run_panel(

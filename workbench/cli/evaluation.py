@@ -52,8 +52,10 @@ def eval_command(
     """Evaluate MODEL on TASKS and write per-item results and an lm-eval style summary to --out."""
     import json as _json
 
-    from workbench.checkpoints import check_output_dir, load_model, load_tokenizer, open_checkpoint, resolve_device
+    from workbench.checkpoints import load_model, load_tokenizer, open_checkpoint
+    from workbench.devices import resolve_device
     from workbench.eval import evaluate, parse_tasks
+    from workbench.io.atomic import check_output_dir
     from workbench.store import ResultStore
 
     task_list = parse_tasks(tasks)

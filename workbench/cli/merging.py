@@ -54,8 +54,8 @@ def angles_command(
     """Per-tensor norms, cosine, angle and SLERP norm factor between MODEL_A and MODEL_B."""
     import io
 
-    from workbench.checkpoints import write_bytes_atomic
     from workbench.geometry import tensor_angles
+    from workbench.io.atomic import write_bytes_atomic
 
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         raise WorkbenchError(f"{out}: --out must end in .parquet or .csv")
