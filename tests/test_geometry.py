@@ -8,10 +8,12 @@ import polars as pl
 import pytest
 import torch
 
-from workbench.checkpoints import open_checkpoint, write_random_llama
+from workbench.checkpoints import open_checkpoint
 from workbench.errors import WorkbenchError
-from workbench.geometry import pairwise_angles, tensor_angles, tensor_group
+from workbench.geometry import pairwise_angles, tensor_angles
 from workbench.merge import merge_in_memory, simple_recipe
+from workbench.naming import tensor_group
+from workbench.testing import write_random_llama
 
 DIMS = dict(hidden_size=16, num_layers=2, vocab_size=40, num_heads=2, tokenizer=False)
 

@@ -7,7 +7,7 @@ from LERP (at t = 0.5 it equals ``1 / cos(theta / 2)``); ``fallback`` marks tens
 SLERP falls back to LERP (``|cos| > 0.9995``).
 
 >>> import tempfile; from pathlib import Path
->>> from workbench.checkpoints import write_random_llama
+>>> from workbench.testing import write_random_llama
 >>> d = Path(tempfile.mkdtemp())
 >>> a = write_random_llama(d / "a", seed=0, hidden_size=16, num_layers=1, vocab_size=32, tokenizer=False)
 >>> b = write_random_llama(d / "b", seed=1, hidden_size=16, num_layers=1, vocab_size=32, tokenizer=False)
@@ -21,31 +21,17 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import polars as pl
 import torch
 
-from workbench.checkpoints import LM_HEAD, Checkpoint, layer_index, open_checkpoint
+from workbench.checkpoints import Checkpoint, open_checkpoint
 from workbench.errors import WorkbenchError
 from workbench.merge.spherical import _norm_factor, slerp_geometry
+from workbench.naming import GROUPS, LM_HEAD, layer_index, tensor_group
 
 __all__ = ["GROUPS", "pairwise_angles", "tensor_angles", "tensor_group"]
-
-GROUPS = ("embed", "attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down", "norm", "lm_head", "other")
-_RULES = (
-    (r"embed_tokens|\.wte\.|word_embeddings", "embed"),
-    (r"q_proj", "attn_q"),
-    (r"k_proj", "attn_k"),
-    (r"v_proj", "attn_v"),
-    (r"o_proj|attn\.c_proj|out_proj", "attn_o"),
-    (r"gate_proj", "mlp_gate"),
-    (r"up_proj", "mlp_up"),
-    (r"down_proj", "mlp_down"),
-    (r"norm", "norm"),
-    (r"lm_head", "lm_head"),
-)
 
 SCHEMA = {
     "name": pl.Utf8,
@@ -59,18 +45,6 @@ SCHEMA = {
     "norm_factor": pl.Float64,
     "fallback": pl.Boolean,
 }
-
-
-def tensor_group(name: str) -> str:
-    """The group of a tensor name.
-
-    >>> tensor_group("model.layers.0.self_attn.q_proj.weight"), tensor_group("model.norm.weight")
-    ('attn_q', 'norm')
-    """
-    for pattern, group in _RULES:
-        if re.search(pattern, name):
-            return group
-    return "other"
 
 
 def tensor_angles(
