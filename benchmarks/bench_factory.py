@@ -26,7 +26,8 @@ def throughput(preset: str, steps: int = 20) -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from workbench.factory import _new_optimizer, load_train_recipe
+    from workbench.factory import load_train_recipe
+    from workbench.factory.trainer import _new_optimizer
 
     r = load_train_recipe(preset)
     m = r.model

@@ -186,7 +186,7 @@ def _bytes(fam: Family) -> dict[str, bytes]:
 def test_micro_family_is_deterministic_and_resumes_after_interruption(
     micro_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import workbench.factory as factory
+    import workbench.factory.trainer as factory
 
     recipe = micro(micro_corpus)
     ref = train_family(recipe, tmp_path / "ref", progress=False)

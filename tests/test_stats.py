@@ -255,7 +255,7 @@ def test_bootstrap_is_seeded_and_deterministic():
 def test_discrete_and_generic_resamplers_agree(monkeypatch, macro):
     """The multinomial-count resampler (few distinct differences) and the item-gather one
     draw from the same bootstrap distribution (also with per-paradigm weights 1/size)."""
-    import workbench.stats as stats
+    import workbench.stats.bootstrap as stats
 
     rng = np.random.default_rng(3)
     sizes = rng.integers(100, 300, size=10)
