@@ -9,8 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from workbench.compare import EnsembleLM, build_panel, curve_tables, verdict, write_report
+from workbench.claim import build_panel, curve_tables, verdict, write_report
 from workbench.errors import WorkbenchError
+from workbench.eval.ensemble import EnsembleLM
 from workbench.eval.result import items_frame
 
 PARADIGMS = [f"paradigm_{i}" for i in range(12)]

@@ -2,7 +2,7 @@
 
 Shared by the notebooks, the merge explorer widget and the claim-check report. Nothing
 here reads files, merges or evaluates; every figure is built from the tables that
-:mod:`workbench.geometry`, :mod:`workbench.eval` and :mod:`workbench.compare` return.
+:mod:`workbench.geometry`, :mod:`workbench.eval` and :mod:`workbench.claim` return.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
+
+from workbench.labels import short_label
 
 # ----------------------------------------------------------------------------------------
 # Notebooks, explorer and layer geometry figures
@@ -177,16 +179,6 @@ def pairwise_angles_heatmaps(pairs: pl.DataFrame, *, value: str = "angle_deg", m
     return fig
 
 
-def short_label(path: str, keep: int = 2) -> str:
-    """The last ``keep`` parts of a checkpoint path, for legends and titles.
-
-    >>> short_label("/data/families/demo/trajectory/step-000300")
-    'trajectory/step-000300'
-    """
-    parts = str(path).rstrip("/").split("/")
-    return "/".join(parts[-keep:])
-
-
 def norms_figure(angles: pl.DataFrame, *, labels: tuple[str, str] = ("A", "B")) -> go.Figure:
     """Per-layer tensor norms of both checkpoints, one line per (group, checkpoint).
 
@@ -335,7 +327,7 @@ def t_slider_figure(
 
 
 def curve_slider_figure(curve: pl.DataFrame, *, split: str = "all") -> go.Figure:
-    """:func:`t_slider_figure` of a claim-check interpolation curve (:attr:`workbench.compare.Panel.curve`).
+    """:func:`t_slider_figure` of a claim-check interpolation curve (:attr:`workbench.claim.Panel.curve`).
 
     One line per (task, metric, method) on the ``split`` rows; the slider walks the t grid.
 
@@ -366,7 +358,7 @@ def _bars_at(deltas: pl.DataFrame, ingredient: str, fields: Sequence[str], t: fl
 
 
 # ----------------------------------------------------------------------------------------
-# Claim check figures (tables from workbench.compare)
+# Claim check figures (tables from workbench.claim)
 
 _CALL_COLORS = {"gain": "#2ca02c", "loss": "#d62728", "no evidence": "#7f7f7f"}
 
@@ -374,7 +366,7 @@ _CALL_COLORS = {"gain": "#2ca02c", "loss": "#d62728", "no evidence": "#7f7f7f"}
 def delta_bars_figure(comparisons: pl.DataFrame, *, primary_only: bool = True, title: str | None = None) -> go.Figure:
     """Differences with CI whiskers against every baseline, one panel per task and metric.
 
-    ``comparisons`` is :attr:`workbench.compare.Panel.comparisons` (estimate, low, high, scale,
+    ``comparisons`` is :attr:`workbench.claim.Panel.comparisons` (estimate, low, high, scale,
     unit, call, subject_label, reference_label, task, metric, primary). Bars are coloured by the
     call (gain / loss / no evidence); a vertical line marks 0.
 
@@ -422,7 +414,7 @@ def forest_figure(per_group: pl.DataFrame, *, metric: str | None = None,
                   alpha: float = 0.05) -> go.Figure:
     """Forest plot: the merge vs the best-on-dev ingredient per task, BLiMP field and paradigm.
 
-    ``per_group`` is :attr:`workbench.compare.Panel.per_group`. One row per group with its
+    ``per_group`` is :attr:`workbench.claim.Panel.per_group`. One row per group with its
     CI; filled markers where the Holm-adjusted p is below ``alpha`` (the panel's, 0.05 by default).
 
     >>> df = pl.DataFrame({"task": ["blimp", "blimp"], "level": ["task", "field"], "group": ["blimp", "syntax"],
@@ -465,7 +457,7 @@ def interpolation_figure(curve: pl.DataFrame, barriers: pl.DataFrame | None = No
                          metric: str | None = None, title: str | None = None) -> go.Figure:
     """Metric vs t for each interpolation method, one panel per task, with the barrier marked.
 
-    ``curve`` / ``barriers`` are :attr:`workbench.compare.Panel.curve` and ``.barriers``. The
+    ``curve`` / ``barriers`` are :attr:`workbench.claim.Panel.curve` and ``.barriers``. The
     dashed line joins the endpoints; a vertical segment marks the barrier (largest excess of
     the loss over that line) at its t.
 

@@ -31,12 +31,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from workbench.errors import WorkbenchError
+from workbench.labels import short_label
 
 #: Methods the explorer offers (two models, base + t).
 METHODS = ("slerp", "lerp", "lerp_norm_restore")
@@ -184,7 +184,7 @@ class ExplorerSession:
         self.merges = 0
         self.evaluations = 0
         self._lock = threading.Lock()
-        self.labels = [_label(m) for m in self.models]
+        self.labels = [short_label(m) for m in self.models]
         first = evaluate(self.model, self.tokenizer, self.tasks, data_dir=data_dir, limit=limit, seed=self.seed,
                          device=self.device, batch_size=batch_size, progress=False)
         split = dev_test_split(first.items, seed=self.seed, dev_fraction=dev_fraction)
@@ -288,11 +288,6 @@ class ExplorerSession:
         return (pl.DataFrame(curve, schema={"t": pl.Float64, "task": pl.Utf8, "value": pl.Float64}),
                 pl.DataFrame(deltas, schema={"t": pl.Float64, "ingredient": pl.Utf8, "field": pl.Utf8,
                                              "delta": pl.Float64}))
-
-
-def _label(path: str) -> str:
-    parts = Path(path).parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else str(path)
 
 
 @dataclass

@@ -52,7 +52,7 @@ def compare_command(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
 ) -> None:
     """Check a merge's claim: evaluate it and fair baselines on the same items, write the verdict."""
-    from workbench.compare import run_panel, write_report
+    from workbench.claim import run_panel, write_report
     from workbench.io.atomic import check_output_dir
 
     names = list_option(ingredients, ctx, "compare")

@@ -1,0 +1,54 @@
+"""Claim check: a merge against fair baselines, with paired statistics and a plain verdict.
+
+A merge's score means little on its own. :func:`run_panel` evaluates, on the *same* items,
+
+* every ingredient, and (chosen on the dev half) the best ingredient and the median ingredient;
+* the uniform LERP soup of the ingredients;
+* ``lerp_norm_restore`` at the recipe's t (isolates any spherical effect of a SLERP recipe);
+* the recipe's merge itself;
+* the output ensemble of the ingredients (average of probabilities; N x the inference cost);
+* optionally a user control checkpoint (e.g. an annealed or EMA checkpoint of matched compute);
+
+and an interpolation curve (LERP and SLERP along a t grid) between two ingredients with its
+barrier. :func:`build_panel` turns per-item results into tables: every difference is paired,
+bootstrapped (BLiMP clustered within paradigms), McNemar-tested (accuracy), Holm-corrected, and
+reported on the test half while anything selected is selected on the dev half.
+:func:`verdict` writes the markdown paragraph and table; :func:`write_report` writes tables
+(parquet), figures (HTML with plotly.js inline, and figure JSON) and ``verdict.md`` atomically.
+
+Modules: :mod:`~workbench.claim.metrics` (metrics, item alignment, the paired test and its
+call), :mod:`~workbench.claim.panel` (:class:`Panel`, :func:`build_panel`),
+:mod:`~workbench.claim.curve` (interpolation curve and barrier), :mod:`~workbench.claim.verdict`,
+:mod:`~workbench.claim.report` (files and HTML), :mod:`~workbench.claim.run` (evaluates models).
+Importing this package loads no torch: models are loaded only inside :func:`run_panel` and
+:func:`interpolation_curve`.
+"""
+
+from __future__ import annotations
+
+from workbench.claim.curve import CURVE_TS, curve_tables, interpolation_curve
+from workbench.claim.metrics import ACC, ALPHA, BPB, MARGIN, MetricSpec, snap_rounding, task_metrics
+from workbench.claim.panel import KIND_LABELS, Panel, System, build_panel
+from workbench.claim.report import write_report
+from workbench.claim.run import run_panel
+from workbench.claim.verdict import verdict
+
+__all__ = [
+    "ACC",
+    "ALPHA",
+    "BPB",
+    "CURVE_TS",
+    "KIND_LABELS",
+    "MARGIN",
+    "MetricSpec",
+    "Panel",
+    "System",
+    "build_panel",
+    "curve_tables",
+    "interpolation_curve",
+    "run_panel",
+    "snap_rounding",
+    "task_metrics",
+    "verdict",
+    "write_report",
+]
