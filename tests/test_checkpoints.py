@@ -15,20 +15,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from workbench.checkpoints import (
-    SafetensorsWriter,
-    atomic_output_dir,
-    load_model,
-    load_tokenizer,
-    model_from_state_dict,
-    open_checkpoint,
-    write_random_llama,
-    write_safetensors,
-    write_text_atomic,
-)
+from workbench.checkpoints import load_model, load_tokenizer, model_from_state_dict, open_checkpoint
 from workbench.cli import app
 from workbench.errors import WorkbenchError
+from workbench.io.atomic import atomic_output_dir, write_text_atomic
+from workbench.io.safetensors import SafetensorsWriter, write_safetensors
 from workbench.merge import merge_in_memory, merge_to_disk, simple_recipe
+from workbench.testing import write_random_llama
 
 DIMS = dict(hidden_size=16, num_layers=2, vocab_size=40, num_heads=2)
 Q0 = "model.layers.0.self_attn.q_proj.weight"
@@ -270,11 +263,11 @@ def test_cli_reports_one_clear_error(models, tmp_path):
 
 
 def test_large_tensors_stream_in_chunks(models, tmp_path, monkeypatch):
-    import workbench.merge.run as run
+    import workbench.merge.disk as disk
 
     recipe = simple_recipe("slerp", [models["a"], models["b"]], t=[0.2, 0.9])
     whole = merge_in_memory(recipe)
-    monkeypatch.setattr(run, "CHUNK_ELEMENTS", 100)  # most tensors now take two passes over chunks
+    monkeypatch.setattr(disk, "CHUNK_ELEMENTS", 100)  # most tensors now take two passes over chunks
     out = open_checkpoint(merge_to_disk(recipe, tmp_path / "chunked", progress=False))
     for name, want in whole.items():
         assert torch.allclose(out.get(name), want, atol=1e-6, rtol=0), name
@@ -289,7 +282,7 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
     import os
     import stat
 
-    from workbench.checkpoints import atomic_output_dir, write_bytes_atomic
+    from workbench.io.atomic import atomic_output_dir, write_bytes_atomic
 
     mask = os.umask(0o022)
     os.umask(mask)

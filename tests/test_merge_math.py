@@ -11,8 +11,8 @@ from workbench.checkpoints import write_random_llama
 from workbench.merge import load_recipe, simple_recipe
 from workbench.merge.linear import lerp, linear
 from workbench.merge.model_stock import model_stock
+from workbench.merge.plan import plan_merge
 from workbench.merge.recipe import resolve_setting
-from workbench.merge.run import plan_merge
 from workbench.merge.spherical import (
     chained_slerp,
     karcher,
