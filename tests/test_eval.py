@@ -16,7 +16,7 @@ from _eval_model import _one_thread, build_tiny_model, tiny_model_dir  # noqa: E
 
 from workbench.errors import WorkbenchError
 from workbench.eval import EvalResult, evaluate, score_requests
-from workbench.eval.tasks import rolling_windows
+from workbench.eval.tasks.perplexity import rolling_windows
 from workbench.store import ResultStore
 
 
@@ -118,7 +118,7 @@ def test_prefix_sharing_is_checked_against_the_plain_path(mt):
 
 
 def test_fast_tokenizer_path_is_checked_before_use(mt, monkeypatch):
-    from workbench.eval.tasks import _Tok
+    from workbench.eval.tasks.tokenizer import _Tok
 
     _, tok = mt
     strings = [" The cats sit.", " She has eaten.", " Who did you see?"] * 20

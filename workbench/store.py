@@ -26,14 +26,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench.checkpoints import write_bytes_atomic
+from workbench.eval.tasks.settings import canonical_json, results_key
+from workbench.io.atomic import write_bytes_atomic
 
 _MAGIC = b"WBRES1\n"
 DEFAULT_ROOT = Path("data") / "cache" / "results"
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 class ResultStore:
@@ -51,19 +48,16 @@ class ResultStore:
 
     @staticmethod
     def key(model_fingerprint: str | None, task: str, settings: dict[str, Any]) -> str:
-        """sha256 over the model fingerprint, task, settings and workbench version.
+        """sha256 over the model fingerprint, task, settings and workbench version
+        (:func:`~workbench.eval.tasks.settings.results_key`). Evaluation builds its keys
+        with :meth:`EvalSettings.key <workbench.eval.tasks.settings.EvalSettings.key>`.
 
         >>> ResultStore.key("abc", "blimp", {"seed": 0}) == ResultStore.key("abc", "blimp", {"seed": 0})
         True
         >>> ResultStore.key("abc", "blimp", {"seed": 0}) == ResultStore.key("abc", "blimp", {"seed": 1})
         False
         """
-        from workbench import __version__
-
-        if not model_fingerprint:
-            raise ValueError("a model fingerprint is needed to key cached results")
-        blob = _canonical({"model": model_fingerprint, "task": task, "settings": settings, "version": __version__})
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return results_key(model_fingerprint, task, settings)
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.wbres"
@@ -105,7 +99,7 @@ class ResultStore:
         payload = buf.getvalue()
         header = {"key": key, "summary": result.summary, "settings": result.settings,
                   "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
-        blob = _MAGIC + _canonical(header).encode() + b"\n" + payload
+        blob = _MAGIC + canonical_json(header).encode() + b"\n" + payload
         p = self.path(key)
         write_bytes_atomic(p, blob)
         return p

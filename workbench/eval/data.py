@@ -120,32 +120,22 @@ def _hub_dataset(path: str, name: str | None, split: str):  # pragma: no cover -
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def task_files(data_dir: Path, task: str, *, arc_split: str = "validation", wikitext_split: str = "test") -> list[Path]:
-    """The data files a task reads from ``data_dir`` (those that exist)."""
-    d = Path(data_dir)
-    if task == "blimp":
-        files = [d / "blimp" / f"{u}.jsonl" for u in BLIMP_PARADIGMS]
-    elif task.startswith("blimp_"):
-        files = [d / "blimp" / f"{task[len('blimp_'):]}.jsonl"]
-    elif task == "arc_easy":
-        files = [d / "arc_easy" / f"ARC-Easy-{ARC_SPLITS.get(arc_split, arc_split)}.jsonl"]
-    elif task == "wikitext":
-        files = [d / "wikitext-2" / WIKITEXT_SPLITS.get(wikitext_split, wikitext_split)]
-    else:
-        files = []
-    return [f for f in files if f.is_file()]
+def blimp_file(data_dir: Path | str, paradigm: str) -> Path:
+    """Where a data directory keeps one BLiMP paradigm: ``blimp/<paradigm>.jsonl``."""
+    return Path(data_dir) / "blimp" / f"{paradigm}.jsonl"
 
 
-def task_data_sha256(data_dir: Path | str | None, task: str, *, arc_split: str = "validation",
-                     wikitext_split: str = "test") -> str | None:
-    """Content hash of the data a task reads (a ``text:<file>`` task: that file), or None
-    when it comes from the Hub; part of every results-cache key."""
-    if task.startswith("text:"):
-        p = Path(task[len("text:"):])
-        return files_fingerprint([p]) if p.is_file() else None
-    if data_dir is None:
-        return None
-    return files_fingerprint(task_files(Path(data_dir), task, arc_split=arc_split, wikitext_split=wikitext_split))
+def arc_easy_file(data_dir: Path | str, split: str) -> Path:
+    """Where a data directory keeps an ARC-Easy split: ``arc_easy/ARC-Easy-{Train,Dev,Test}.jsonl``.
+
+    An unknown split names a file of its own (hashing never fails); the loader rejects it.
+    """
+    return Path(data_dir) / "arc_easy" / f"ARC-Easy-{ARC_SPLITS.get(split, split)}.jsonl"
+
+
+def wikitext_file(data_dir: Path | str, split: str) -> Path:
+    """Where a data directory keeps a WikiText-2 split: ``wikitext-2/{valid,test}.txt``."""
+    return Path(data_dir) / "wikitext-2" / WIKITEXT_SPLITS.get(split, split)
 
 
 def files_fingerprint(files: list[Path]) -> str:
@@ -187,7 +177,7 @@ def load_blimp(data_dir: Path | None, paradigms: tuple[str, ...] | list[str] | N
     stats = []
     for uid in paradigms:
         try:
-            st = os.stat(Path(data_dir) / "blimp" / f"{uid}.jsonl")
+            st = os.stat(blimp_file(data_dir, uid))
         except OSError:
             return _read_blimp(data_dir, paradigms)  # the reader names the missing file
         stats.append((st.st_size, st.st_mtime_ns))
@@ -203,7 +193,7 @@ def _read_blimp(data_dir: Path | None, paradigms: tuple[str, ...]) -> list[dict]
     out: list[dict] = []
     for uid in paradigms:
         if data_dir is not None:
-            path = _need(Path(data_dir) / "blimp" / f"{uid}.jsonl", f"BLiMP paradigm {uid}")
+            path = _need(blimp_file(data_dir, uid), f"BLiMP paradigm {uid}")
             recs = read_jsonl(path, BLIMP_FIELDS)
             where = str(path)
         else:  # pragma: no cover - needs the Hub
@@ -261,8 +251,7 @@ def load_arc_easy(data_dir: Path | None, split: str = "validation") -> list[dict
         raise WorkbenchError(f"unknown ARC split {split!r}; choose one of {', '.join(ARC_SPLITS)}")
     out: list[dict] = []
     if data_dir is not None:
-        path = _need(Path(data_dir) / "arc_easy" / f"ARC-Easy-{ARC_SPLITS[split]}.jsonl",
-                     f"ARC-Easy {split} split")
+        path = _need(arc_easy_file(data_dir, split), f"ARC-Easy {split} split")
         for lineno, rec in enumerate(read_jsonl(path, ("id", "question", "answerKey")), start=1):
             out.append(_arc_from_ai2(rec, f"{path}:{lineno}"))
         where = str(path)
@@ -324,7 +313,7 @@ def load_wikitext(data_dir: Path | None, split: str = "test") -> tuple[list[str]
     if split not in WIKITEXT_SPLITS:
         raise WorkbenchError(f"unknown WikiText split {split!r}; choose one of {', '.join(WIKITEXT_SPLITS)}")
     if data_dir is not None:
-        path = _need(Path(data_dir) / "wikitext-2" / WIKITEXT_SPLITS[split], f"WikiText-2 {split} split")
+        path = _need(wikitext_file(data_dir, split), f"WikiText-2 {split} split")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:

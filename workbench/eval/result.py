@@ -74,7 +74,7 @@ class EvalResult:
     def write(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``items.parquet`` and ``summary.json`` into ``out_dir`` atomically
         (a temporary directory renamed into place)."""
-        from workbench.checkpoints import atomic_output_dir
+        from workbench.io.atomic import atomic_output_dir
 
         out_dir = Path(out_dir)
         with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
