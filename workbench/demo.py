@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.eval.tasks import text_task
 from workbench.io.datadir import resolve_data_dir
 
 #: Evaluation settings of the demo report: benchmarks subsampled (items per BLiMP paradigm /
@@ -66,7 +67,7 @@ def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
         "soup_report": {
             "models": [str(p) for p in family.trajectory],
             "control": str(family.annealed) if family.annealed is not None else None,
-            "tasks": [*DEMO_TASKS, f"text:{family.heldout}"], "t_grid": DEMO_T_GRID,
+            "tasks": [*DEMO_TASKS, text_task(family.heldout)], "t_grid": DEMO_T_GRID,
             "subsample": None if subsample is None else {task: subsample for task in DEMO_TASKS},
             "seed": 0,
             "device": resolve_device(device), "data_dir": dd,

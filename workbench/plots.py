@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from workbench.eval.tasks import is_perplexity_task
 from workbench.labels import short_label
 
 # ----------------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def explorer_figure(tasks: Sequence[str], ingredients: Sequence[str], fields: Se
     ['blimp (t grid)', 'blimp (current)', 'vs m0', 'vs m1']
     """
     # accuracy tasks plot accuracy; perplexity tasks (wikitext, text:) their word perplexity
-    perplexity = [t for t in tasks if t == "wikitext" or t.startswith("text:")]
+    perplexity = [t for t in tasks if is_perplexity_task(t)]
     metric = "accuracy" if not perplexity else "word perplexity" if len(perplexity) == len(tasks) else \
         "accuracy / word perplexity"
     fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45],

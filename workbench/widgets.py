@@ -36,6 +36,8 @@ from typing import Any
 import polars as pl
 
 from workbench.errors import WorkbenchError
+from workbench.eval.tasks import primary_metric as task_primary_metric
+from workbench.eval.tasks import task_spec
 from workbench.labels import short_label
 
 #: Methods the explorer offers (two models, base + t).
@@ -74,7 +76,8 @@ def field_accuracy(items: pl.DataFrame) -> dict[str, float]:
     """
     if "field" not in items.columns or items.height == 0:
         return {}
-    sub = items.filter(pl.col("task").str.starts_with("blimp") & pl.col("field").is_not_null())
+    with_fields = [t for t in items["task"].unique().to_list() if "field" in task_spec(t).breakdowns]
+    sub = items.filter(pl.col("task").is_in(with_fields) & pl.col("field").is_not_null())
     agg = sub.group_by("field").agg(pl.col("correct").cast(pl.Float64).mean().alias("acc")).sort("field")
     return {f: float(a) for f, a in agg.iter_rows()}
 
@@ -86,10 +89,8 @@ def primary_metric(task: str, summary: dict[str, dict[str, float]]) -> float | N
     0.7
     """
     s = summary.get(task, {})
-    for key in ("acc,none", "word_perplexity,none"):
-        if key in s:
-            return float(s[key])
-    return None
+    key = task_primary_metric(task)
+    return float(s[key]) if key in s else None
 
 
 def notebook_models(models: Sequence[str] | None, recipe: str | None = None, *, count: int | None = None) -> list[str]:

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from workbench.errors import WorkbenchError
+from workbench.eval.tasks import find_task_spec
 from workbench.stats import BootstrapResult, McNemarResult, mcnemar_exact, paired_bootstrap
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "TaskData",
     "align_task",
     "call",
-    "is_blimp",
+    "cluster_column",
     "macro_weights",
     "paired",
     "snap_rounding",
@@ -81,13 +82,14 @@ MARGIN = MetricSpec("margin", True, "nats", 1.0, False, False)
 BPB = MetricSpec("bits_per_byte", False, "bits/byte", 1.0, False, True)
 
 
-def is_blimp(task: str) -> bool:
-    """Whether ``task`` is BLiMP or one of its paradigms (items are clustered by paradigm).
+def cluster_column(task: str) -> str | None:
+    """The item column a task's items are resampled within (BLiMP: the paradigm), from the task registry.
 
-    >>> is_blimp("blimp_anaphor_number_agreement"), is_blimp("arc_easy")
-    (True, False)
+    >>> cluster_column("blimp_anaphor_number_agreement"), cluster_column("arc_easy")
+    ('group', None)
     """
-    return task == "blimp" or task.startswith("blimp_")
+    spec = find_task_spec(task)
+    return spec.cluster_column if spec is not None else None
 
 
 def task_metrics(task: str, items: pl.DataFrame) -> list[MetricSpec]:
@@ -167,8 +169,8 @@ def align_task(items: pl.DataFrame, systems: Sequence[str], task: str) -> TaskDa
     ties = {s: per[s]["tie"].fill_null(False).to_numpy().astype(bool) for s in systems}
     meta = first.select("item_id", "group", "field", "split", "n_bytes")
     clusters = weights = None
-    if is_blimp(task):
-        clusters = meta["group"].fill_null("").to_numpy().astype(str)
+    if (column := cluster_column(task)) is not None:
+        clusters = meta[column].fill_null("").to_numpy().astype(str)
     if metrics and metrics[0].name == "bits_per_byte":
         weights = meta["n_bytes"].cast(pl.Float64).to_numpy()
     return TaskData(task, meta, values, ties, metrics, clusters, weights)

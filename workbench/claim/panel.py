@@ -37,7 +37,6 @@ from workbench.claim.metrics import (
     TaskData,
     align_task,
     call,
-    is_blimp,
     macro_weights,
     paired,
     weighted_mean,
@@ -387,7 +386,7 @@ def _group_rows(
 ) -> list[dict[str, Any]]:
     """Subject vs the best-on-dev ingredient on the test items: per BLiMP field and paradigm, and per task."""
     rows = []
-    if is_blimp(td.task):
+    if td.clusters is not None:  # clustered tasks (BLiMP) break down by field and by paradigm
         for level, col in (("field", "field"), ("paradigm", "group")):
             labels = td.meta[col].fill_null("?").to_numpy().astype(str)
             for g in sorted(set(labels[test])):

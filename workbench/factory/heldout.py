@@ -67,12 +67,13 @@ def _score_file(
     device: str | None,
 ) -> dict[str, float]:
     from workbench.eval import evaluate
+    from workbench.eval.tasks import text_task
 
     # a list, not a comma-separated string: a path may hold commas
     res = evaluate(
         model,
         tokenizer,
-        [f"text:{path.absolute()}"],
+        [text_task(path.absolute())],
         max_length=seq_len,
         batch_size=batch_size,
         device=device,
