@@ -126,7 +126,7 @@ COPY_FLOOR = textwrap.dedent(
 
 def make_models(out: Path) -> tuple[Path, Path]:
     sys.path.insert(0, str(ROOT))
-    from workbench.checkpoints import write_random_llama
+    from workbench.testing import write_random_llama
 
     a, b = out / "model_a", out / "model_b"
     for seed, p in ((0, a), (1, b)):

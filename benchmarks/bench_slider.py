@@ -45,7 +45,7 @@ def family_pair(family_dir: Path, data) -> tuple[list[Path], str]:
 
 def synthetic_pair(root: Path) -> tuple[list[Path], str]:
     """Two random 2.1M-parameter Llamas (hidden 256, 2 layers, vocab 1024, character tokenizer), b = a + noise."""
-    from workbench.checkpoints import write_random_llama
+    from workbench.testing import write_random_llama
 
     a = write_random_llama(root / "a", seed=0, hidden_size=256, num_layers=2, vocab_size=1024,
                            intermediate_size=688, max_position_embeddings=512)

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from workbench.checkpoints import write_random_llama
 from workbench.merge import load_recipe, simple_recipe
 from workbench.merge.linear import lerp, linear
 from workbench.merge.model_stock import model_stock
@@ -23,6 +22,7 @@ from workbench.merge.spherical import (
     slerp_batched,
 )
 from workbench.merge.task_vectors import dare, magnitude_prune, task_arithmetic, ties
+from workbench.testing import write_random_llama
 
 
 def _pair(seed=0, shape=(8, 16)):

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.checkpoints import load_model, open_checkpoint, write_random_llama
+from workbench.checkpoints import load_model, open_checkpoint
 from workbench.merge import load_recipe, merge_in_memory, merge_to_disk, merged_model
+from workbench.testing import write_random_llama
 
 pytestmark = pytest.mark.oracle
 

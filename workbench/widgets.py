@@ -167,7 +167,8 @@ class ExplorerSession:
         dev_fraction: float = 0.5,
         batch_size: int = 64,
     ):
-        from workbench.checkpoints import load_model, load_tokenizer, open_checkpoint, resolve_device
+        from workbench.checkpoints import load_model, load_tokenizer, open_checkpoint
+        from workbench.devices import resolve_device
         from workbench.eval import evaluate
         from workbench.stats import dev_test_split
 
