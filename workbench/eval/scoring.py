@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from itertools import chain
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from itertools import chain
 
 import numpy as np
 import torch
@@ -272,6 +272,51 @@ def _prefix_hosts(keys: Sequence[tuple[int, ...]], subset: Sequence[int]) -> dic
     return host
 
 
+def _unique_sequences(
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int
+) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray, np.ndarray]:
+    """Check the requests and left-truncate each to ``max_length + 1`` tokens; identical token
+    sequences are run once. Returns (unique sequences, request -> sequence, continuation
+    lengths, truncated flags)."""
+    n = len(requests)
+    cont_len = np.zeros(n, dtype=np.int64)
+    truncated = np.zeros(n, dtype=bool)
+    req_seq = np.empty(n, dtype=np.int64)
+    uniq: dict[tuple[int, ...], int] = {}
+    for i, (ctx, cont) in enumerate(requests):
+        if len(ctx) == 0 or len(cont) == 0:
+            raise WorkbenchError(f"request {i}: empty context or continuation (use the prefix token as context)")
+        if len(cont) > max_length:
+            raise WorkbenchError(
+                f"request {i}: continuation of {len(cont)} tokens exceeds the model's maximum length {max_length}"
+            )
+        full = tuple(ctx) + tuple(cont)
+        if len(full) > max_length + 1:
+            full = full[-(max_length + 1) :]
+            truncated[i] = True
+        cont_len[i] = len(cont)
+        req_seq[i] = uniq.setdefault(full, len(uniq))
+    return list(uniq), req_seq, cont_len, truncated
+
+
+def _continuation_loglik(
+    keys: Sequence[tuple[int, ...]], req_seq: np.ndarray, cont_len: np.ndarray,
+    token_lp: Mapping[int, np.ndarray], host: Mapping[int, int],
+) -> np.ndarray:
+    """Each request's continuation log-likelihood from the per-sequence token log-probs (a
+    sequence that is a prefix of another reads its host's row)."""
+    loglik = np.empty(len(req_seq), dtype=np.float64)
+    for i in range(len(req_seq)):
+        k = int(req_seq[i])
+        s_len = len(keys[k])
+        lp_row = token_lp[k] if k in token_lp else token_lp[host[k]]
+        c = int(cont_len[i])
+        # continuation tokens sit at sequence positions s_len-c .. s_len-1,
+        # predicted at input positions s_len-c-1 .. s_len-2
+        loglik[i] = float(lp_row[s_len - c - 1 : s_len - 1].sum(dtype=np.float32))
+    return loglik
+
+
 def score_requests(
     model: torch.nn.Module,
     requests: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -295,30 +340,8 @@ def score_requests(
     """
     if batch_size < 1:
         raise WorkbenchError(f"batch size must be >= 1, got {batch_size}")
-    n = len(requests)
     dev = torch.device(device) if device is not None else model_device(model)
-    seqs: list[tuple[int, ...]] = []
-    cont_len = np.zeros(n, dtype=np.int64)
-    truncated = np.zeros(n, dtype=bool)
-    for i, (ctx, cont) in enumerate(requests):
-        if len(ctx) == 0 or len(cont) == 0:
-            raise WorkbenchError(f"request {i}: empty context or continuation (use the prefix token as context)")
-        if len(cont) > max_length:
-            raise WorkbenchError(
-                f"request {i}: continuation of {len(cont)} tokens exceeds the model's maximum length {max_length}"
-            )
-        full = tuple(ctx) + tuple(cont)
-        if len(full) > max_length + 1:
-            full = full[-(max_length + 1):]
-            truncated[i] = True
-        seqs.append(full)
-        cont_len[i] = len(cont)
-
-    uniq: dict[tuple[int, ...], int] = {}
-    req_seq = np.empty(n, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        req_seq[i] = uniq.setdefault(s, len(uniq))
-    keys = list(uniq)
+    keys, req_seq, cont_len, truncated = _unique_sequences(requests, max_length)
 
     fwd = _Forward(model, dev)
     sharing = _sharing_wanted(model, share_prefixes)
@@ -352,15 +375,7 @@ def score_requests(
         if bar is not None:
             bar.close()
 
-    loglik = np.empty(n, dtype=np.float64)
-    for i in range(n):
-        k = int(req_seq[i])
-        s_len = len(keys[k])
-        lp_row = token_lp[k] if k in token_lp else token_lp[host[k]]
-        c = int(cont_len[i])
-        # continuation tokens sit at sequence positions s_len-c .. s_len-1,
-        # predicted at input positions s_len-c-1 .. s_len-2
-        loglik[i] = float(lp_row[s_len - c - 1 : s_len - 1].sum(dtype=np.float32))
+    loglik = _continuation_loglik(keys, req_seq, cont_len, token_lp, host)
     n_run = len(hosts) + (len(in_rows) if sharing else 0)
     return ScoreResult(loglik=loglik, n_tokens=cont_len, truncated=truncated, n_forward_sequences=n_run,
                        prefix_sharing=sharing, n_forward_tokens=fwd.n_tokens)
