@@ -1,14 +1,18 @@
 """Workbench: merge language-model checkpoints and judge the merge honestly.
 
-One hop from here to every capability:
+One hop from here to every capability (the README's "What is where" table says the same):
 
-- checkpoints: ``open_checkpoint``, ``load_model``, ``load_tokenizer`` (workbench.checkpoints)
+- checkpoints: ``open_checkpoint``, ``load_model``, ``load_tokenizer`` (workbench.checkpoints);
+  atomic files, safetensors, YAML, data directory (workbench.io); tensor names and groups
+  (workbench.naming); accurate reductions (workbench.numerics); test models (workbench.testing)
 - merging: ``load_recipe``, ``merge_in_memory``, ``merge_to_disk`` (workbench.merge)
 - geometry: ``tensor_angles`` (workbench.geometry)
-- evaluation: ``evaluate`` (workbench.eval)
+- evaluation: ``evaluate``, the task registry, ``EvalSettings`` (workbench.eval); results cache
+  (workbench.store)
 - checkpoint families: ``train_family`` (workbench.factory)
-- statistics and verdicts: workbench.stats, workbench.compare
-- sweeps: workbench.sweep; figures: workbench.plots; notebook widgets: workbench.widgets
+- statistics: workbench.stats; the claim check and its verdict: workbench.claim
+- sweeps: workbench.sweep; figures: workbench.plots; notebook widgets: workbench.widgets;
+  headless notebooks: workbench.runner; the demo: workbench.demo; the CLI: workbench.cli
 """
 
 from __future__ import annotations
