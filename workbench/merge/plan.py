@@ -13,13 +13,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from workbench.checkpoints import Checkpoint, open_checkpoint
 from workbench.errors import WorkbenchError
+from workbench.merge.inputs import check_architectures, open_inputs
 from workbench.merge.recipe import (
     DTYPES,
     METHODS,
@@ -35,19 +35,9 @@ from workbench.merge.recipe import (
 )
 from workbench.naming import LM_HEAD, layer_template
 
-__all__ = ["MergePlan", "TensorJob", "open_inputs", "plan_merge", "recipe_fingerprint"]
+__all__ = ["MergePlan", "TensorJob", "plan_merge", "recipe_fingerprint"]
 
 DTYPE_NAMES = {name: getattr(torch, name) for name in DTYPES}  # the recipe's dtype names, as torch dtypes
-ARCH_KEYS = (
-    "model_type",
-    "hidden_size",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "vocab_size",
-    "num_hidden_layers",
-)
 _PRE_RE = re.compile(r"(embed|wte|wpe|word_embeddings)")
 
 
@@ -77,44 +67,6 @@ class MergePlan:
     tokenizer_source: str
     in_dtype: torch.dtype | None
     notes: list[str] = field(default_factory=list)
-
-
-def open_inputs(recipe: MergeRecipe, checkpoints: Mapping[str, Checkpoint] | None = None) -> dict[str, Checkpoint]:
-    """Every model the recipe references, opened (or taken from ``checkpoints``), by reference.
-
-    A reference may be a path (matched to a given checkpoint by its resolved path), a Hub id,
-    or ``id@revision``.
-    """
-    given = dict(checkpoints or {})
-    by_path = {str(ck.path): ck for ck in given.values()}
-    out: dict[str, Checkpoint] = {}
-    for ref in recipe.referenced_models():
-        ck = given.get(ref)
-        if ck is None and Path(ref).exists():
-            ck = by_path.get(str(Path(ref).resolve()))
-        if ck is None:
-            path, revision = ref, None
-            if "@" in ref and not Path(ref).exists():
-                path, revision = ref.rsplit("@", 1)
-            ck = open_checkpoint(path, revision=revision)
-        out[ref] = ck
-    return out
-
-
-def _check_arch(ckpts: dict[str, Checkpoint], reference: str, *, layers: bool) -> None:
-    ref = ckpts[reference]
-    for ck in ckpts.values():
-        if ck is ref:
-            continue
-        for key in ARCH_KEYS:
-            if key == "num_hidden_layers" and not layers:
-                continue
-            a, b = ref.config.get(key), ck.config.get(key)
-            if a != b and not (a is None or b is None) or (key == "model_type" and a != b):
-                raise WorkbenchError(
-                    f"different architectures: {ref.path / 'config.json'} has {key}={a} but "
-                    f"{ck.path / 'config.json'} has {key}={b}"
-                )
 
 
 def _as_slices(recipe: MergeRecipe, ckpts: dict[str, Checkpoint]) -> list[OutputSlice]:
@@ -313,7 +265,7 @@ def plan_merge(
     ckpts = open_inputs(recipe, checkpoints)
     slices = _as_slices(recipe, ckpts)
     reference = recipe.base_model or slices[0].sources[0].model
-    _check_arch(ckpts, reference, layers=recipe.models is not None)
+    check_architectures(ckpts, reference, layers=recipe.models is not None)
     ref = ckpts[reference]
     in_dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
     forced_out = DTYPE_NAMES.get(recipe.out_dtype or recipe.dtype or "")

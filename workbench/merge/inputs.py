@@ -1,0 +1,67 @@
+"""The ingredients of a merge: opening every referenced model and checking they fit together.
+
+Planning (:mod:`workbench.merge.plan`) calls these before resolving any tensor, so ingredients
+of different architectures are refused with one error naming both config files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from workbench.checkpoints import Checkpoint, open_checkpoint
+from workbench.errors import WorkbenchError
+from workbench.merge.recipe import MergeRecipe
+
+__all__ = ["ARCH_KEYS", "check_architectures", "open_inputs"]
+
+#: config keys that must agree between ingredients (None on either side is not a disagreement)
+ARCH_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "num_hidden_layers",
+)
+
+
+def open_inputs(recipe: MergeRecipe, checkpoints: Mapping[str, Checkpoint] | None = None) -> dict[str, Checkpoint]:
+    """Every model the recipe references, opened (or taken from ``checkpoints``), by reference.
+
+    A reference may be a path (matched to a given checkpoint by its resolved path), a Hub id,
+    or ``id@revision``.
+    """
+    given = dict(checkpoints or {})
+    by_path = {str(ck.path): ck for ck in given.values()}
+    out: dict[str, Checkpoint] = {}
+    for ref in recipe.referenced_models():
+        ck = given.get(ref)
+        if ck is None and Path(ref).exists():
+            ck = by_path.get(str(Path(ref).resolve()))
+        if ck is None:
+            path, revision = ref, None
+            if "@" in ref and not Path(ref).exists():
+                path, revision = ref.rsplit("@", 1)
+            ck = open_checkpoint(path, revision=revision)
+        out[ref] = ck
+    return out
+
+
+def check_architectures(ckpts: dict[str, Checkpoint], reference: str, *, layers: bool) -> None:
+    """Refuse ingredients whose configs disagree on the architecture (``layers``: also the layer count)."""
+    ref = ckpts[reference]
+    for ck in ckpts.values():
+        if ck is ref:
+            continue
+        for key in ARCH_KEYS:
+            if key == "num_hidden_layers" and not layers:
+                continue
+            a, b = ref.config.get(key), ck.config.get(key)
+            if a != b and not (a is None or b is None) or (key == "model_type" and a != b):
+                raise WorkbenchError(
+                    f"different architectures: {ref.path / 'config.json'} has {key}={a} but "
+                    f"{ck.path / 'config.json'} has {key}={b}"
+                )
