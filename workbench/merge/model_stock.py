@@ -13,11 +13,12 @@ tensor([1., 0.])
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from workbench.merge.linear import compute_dtype
+from workbench.numerics import gram
 
 __all__ = ["model_stock"]
 
@@ -33,26 +34,26 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], *, filter_w
         raise ValueError("model_stock needs at least two models besides the base")
     dt = compute_dtype(base)
     shape = base.shape
-    if filter_wise:
-        w0 = base.to(dt)
-        ws = [x.to(dt) for x in tensors]
-        if w0.dim() == 1:
-            w0 = w0.unsqueeze(0)
-            ws = [x.unsqueeze(0) for x in ws]
-    else:
-        w0 = base.to(dt).reshape(-1)
-        ws = [x.to(dt).reshape(-1) for x in tensors]
-    offs = [x - w0 for x in ws]
-    norms = [torch.linalg.vector_norm(o, dim=-1) for o in offs]  # once per offset, not once per pair
-    cosines = []
-    for i in range(len(offs)):
-        for j in range(i + 1, len(offs)):
-            den = norms[i] * norms[j]
-            cosines.append(((offs[i] * offs[j]).sum(-1) / den.clamp(min=1e-6)).clamp(-1, 1))
-    cos = torch.stack(cosines).mean(0).unsqueeze(-1)
+    w0 = base.to(dt)
+    if not filter_wise or w0.dim() == 0:
+        w0 = w0.reshape(1, -1)
+    elif w0.dim() == 1:
+        w0 = w0.unsqueeze(0)
+    ws = [x.to(dt).reshape(w0.shape) for x in tensors]
     k = len(ws)
+    offs = torch.empty((k, *w0.shape), dtype=dt, device=w0.device)
+    for i, x in enumerate(ws):
+        torch.sub(x, w0, out=offs[i])
+    # one Gram matrix per row (the whole tensor is one row unless filter_wise) gives every norm
+    # and pairwise dot; rows x models x columns without copying the offsets
+    g = gram(offs.reshape(k, -1, w0.shape[-1]).transpose(0, 1))
+    norms = g.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
+    i, j = torch.triu_indices(k, k, 1, device=g.device)
+    den = (norms[:, i] * norms[:, j]).clamp(min=1e-6)
+    cos = (g[:, i, j] / den).clamp(-1, 1).mean(1)
     den = 1 + (k - 1) * cos
     singular = den.abs() < 1e-6
     t = torch.where(singular, torch.zeros_like(cos), k * cos / torch.where(singular, torch.ones_like(den), den))
+    t = t.to(dt).reshape(*w0.shape[:-1], 1)
     avg = sum(ws) / k
     return (t * avg + (1 - t) * w0).reshape(shape).to(base.dtype)

@@ -6,6 +6,10 @@ otherwise the coefficients ``sin((1-t)θ)/sin θ`` and ``sin(tθ)/sin θ`` multi
 *unnormalised* tensors. Computation is in float32 (float64 for float64 inputs); results
 come back in the input dtype. At t = 0.5, SLERP equals LERP / cos(θ/2).
 
+Norms, dots and Gram matrices come from :mod:`workbench.numerics` (float64 accumulation), so
+the fallback decision and the coefficients are those of float64 truth at any tensor size,
+and geometry tables (which call :func:`slerp_geometry`) report the branch the merge takes.
+
 >>> import torch
 >>> a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
 >>> slerp(0.5, a, b)
@@ -16,11 +20,14 @@ tensor([0.7071, 0.7071])
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
+from workbench import numerics as nx
 from workbench.merge.linear import compute_dtype
+from workbench.numerics import gram  # the one accurate Gram kernel; re-exported for the merge engines
 
 __all__ = [
     "DOT_THRESHOLD",
@@ -52,25 +59,6 @@ class SlerpGeometry(NamedTuple):
     norm_b: torch.Tensor
     cos: torch.Tensor  # clamped cosine of the angle
     fallback: torch.Tensor  # bool: |cos| > threshold, LERP is used
-
-
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """Inner products of the rows of ``x``: ``[M, N] -> [M, M]`` or ``[B, M, N] -> [B, M, M]``.
-
-    One matrix-vector product per row yields all norms and dot products (M passes over the
-    stack, each a streaming read: faster on CPU than an ``[M, N] x [N, M]`` GEMM); float32
-    products, float64 result (float64 inputs stay float64).
-
-    >>> import torch
-    >>> gram(torch.tensor([[3.0, 0.0], [1.0, 1.0]]))
-    tensor([[9., 3.],
-            [3., 2.]], dtype=torch.float64)
-    """
-    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    if xf.dim() == 2:
-        # one matrix-vector product per column: much faster than a [M, N] x [N, M] GEMM
-        return torch.stack([torch.mv(xf, xf[j]) for j in range(xf.shape[0])], dim=1).double()
-    return torch.stack([gram(xb) for xb in xf.unbind(0)]) if xf.shape[0] else xf.new_zeros(0, xf.shape[1], xf.shape[1]).double()
 
 
 def geometry_from_gram(
@@ -295,10 +283,10 @@ def multislerp(
     w = torch.tensor([float(v) for v in weights], dtype=dt, device=flat.device)
     if normalize_weights:
         w = w / w.sum()
-    norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+    norms = torch.stack([nx.norm(row) for row in flat]).to(dt).unsqueeze(1)
     units = flat / (norms + eps)
     mean = (units * w[:, None]).sum(0)
-    mean_norm = torch.linalg.vector_norm(mean)
+    mean_norm = nx.norm(mean)
     if mean_norm < eps:
         if len(tensors) == 2:
             res = flat[0] * w[0] + flat[1] * w[1]
@@ -307,9 +295,9 @@ def multislerp(
             return res.reshape(first.shape).to(first.dtype)
         raise ValueError("multislerp: the weighted mean direction is zero (antipodal inputs with balancing weights)")
     mean = mean / mean_norm
-    dots = units @ mean
+    dots = torch.stack([nx.dot(u, mean) for u in units]).to(dt)
     tangent = ((units - dots[:, None] * mean) * w[:, None]).sum(0)
-    tn = torch.linalg.vector_norm(tangent) + eps
+    tn = nx.norm(tangent) + eps
     res = mean * torch.cos(tn) + tangent * (torch.sin(tn) / tn)
     res = res * (norms.squeeze(1) * w).sum()
     if base is not None:
@@ -341,7 +329,7 @@ def karcher(
     alphas = [1.0 / n] * n if weights is None else [float(w) for w in weights]
     dt = compute_dtype(first)
     flats = [t.to(dt).reshape(-1) for t in tensors]
-    norms = [torch.linalg.vector_norm(f) for f in flats]
+    norms = [nx.norm(f) for f in flats]
     valid = [i for i, nm in enumerate(norms) if nm.item() > tol]
     if not valid:
         return torch.zeros_like(first)
@@ -351,21 +339,21 @@ def karcher(
     mean = torch.zeros_like(units[0])
     for a, u in zip(va, units):
         mean.add_(u, alpha=a)
-    mn = torch.linalg.vector_norm(mean)
+    mn = nx.norm(mean)
     mean = units[0].clone() if mn.item() < tol else mean / mn
     for _ in range(max_iter):
         tangent = torch.zeros_like(mean)
         for a, u in zip(va, units):
-            d = torch.clamp(torch.dot(mean, u), -1.0, 1.0)
+            d = torch.clamp(nx.dot(mean, u), -1.0, 1.0)
             theta = torch.arccos(d)
             if theta.item() < tol:
                 continue
             tangent.add_((u - d * mean) * (a * theta / torch.sin(theta)))
-        tn = torch.linalg.vector_norm(tangent)
+        tn = nx.norm(tangent)
         if tn.item() < tol:
             break
         mean = torch.cos(tn) * mean + torch.sin(tn) * (tangent / tn)
-        un = torch.linalg.vector_norm(mean)
+        un = nx.norm(mean)
         if un.item() > tol:
             mean = mean / un
     scale = sum(a * nm for a, nm in zip(alphas, norms))

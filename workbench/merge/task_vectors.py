@@ -6,7 +6,7 @@ with probability ``density``, seeded), then weighted. TIES/DARE-TIES keep, per e
 deltas whose sign agrees with the sign of the weighted sum ("sum" consensus). With
 ``normalize`` the mixed delta is divided by the sum of the (kept) weights; ``lambda_`` scales
 it. ``rescale`` multiplies a sparsified delta so its L1 norm is unchanged (mergekit's DARE
-rescaling). Compute in float32, return the base dtype.
+rescaling; the L1 sums accumulate in float64). Compute in float32, return the base dtype.
 
 >>> import torch
 >>> base = torch.zeros(4); a = torch.tensor([1.0, -1.0, 2.0, 0.0]); b = torch.tensor([1.0, 1.0, -1.0, 0.0])
@@ -18,11 +18,13 @@ tensor([1., 1., 2., 0.])
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from workbench.merge.linear import compute_dtype
+from workbench.numerics import abs_sum
 
 __all__ = [
     "consensus_mask",
@@ -47,11 +49,11 @@ def _per_model(v: Floats, n: int, what: str) -> list[float]:
 
 
 def _rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    before = delta.abs().sum()
-    after = kept.abs().sum()
+    before = abs_sum(delta)
+    after = abs_sum(kept)
     if before < eps or after < eps:
         return kept
-    return kept * (before / after)
+    return kept * (before / after).to(kept.dtype)
 
 
 def magnitude_prune(delta: torch.Tensor, density: float, *, rescale: bool = False) -> torch.Tensor:
