@@ -41,7 +41,9 @@ def main() -> None:
                 t = time.perf_counter()
                 r = paired_bootstrap(x, y, clusters=cl, n_resamples=args.resamples, seed=0)
                 best = min(best, time.perf_counter() - t)
-            print(f"{name:9s} {label:17s} {best:7.3f} s  (estimate {r.estimate:+.4f}, CI {r.low:+.4f} to {r.high:+.4f})")
+            print(
+                f"{name:9s} {label:17s} {best:7.3f} s  (estimate {r.estimate:+.4f}, CI {r.low:+.4f} to {r.high:+.4f})"
+            )
 
 
 if __name__ == "__main__":

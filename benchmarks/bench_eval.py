@@ -46,7 +46,9 @@ def _finish(proc: subprocess.Popen, t0: float) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("WORKBENCH_DATA_DIR", ROOT.parent / "shared" / "data")))
+    ap.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("WORKBENCH_DATA_DIR", ROOT.parent / "shared" / "data"))
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "eval")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", default="64,512", help="workbench batch sizes (comma-separated)")
@@ -54,9 +56,8 @@ def main() -> None:
     ap.add_argument("--paradigms", type=int, default=67, help="first N paradigms (67 = full BLiMP)")
     args = ap.parse_args()
 
-    from _eval_model import build_tiny_model
-
     import lm_eval
+    from _eval_model import build_tiny_model
 
     from workbench.eval.data import BLIMP_PARADIGMS
 
@@ -64,9 +65,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     model_dir = build_tiny_model(work / "model", args.data_dir)
     paradigms = BLIMP_PARADIGMS[: args.paradigms]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "WORKBENCH_CACHE": str(work / "cache")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WORKBENCH_CACHE": str(work / "cache"),
+    }
 
     # lm-eval: CLI end to end on local copies of its BLiMP task definitions; it runs in
     # the background while the workbench runs, and each tool is charged its own CPU time
@@ -77,13 +84,29 @@ def main() -> None:
     for uid in paradigms:
         (tdir / f"wbb_{uid}.yaml").write_text(
             f"include: {tmpl}\ntask: wbb_{uid}\ndataset_path: json\n"
-            f"dataset_kwargs:\n  data_files:\n    train: {args.data_dir}/blimp/{uid}.jsonl\n")
+            f"dataset_kwargs:\n  data_files:\n    train: {args.data_dir}/blimp/{uid}.jsonl\n"
+        )
         names.append(f"wbb_{uid}")
     lm_out = work / "lm_eval_out"
     shutil.rmtree(lm_out, ignore_errors=True)  # only this run's sample files are compared
-    cmd_lm = [str(ROOT / ".venv" / "bin" / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={model_dir}",
-              "--tasks", ",".join(names), "--include_path", str(tdir), "--batch_size", str(args.lm_eval_batch_size),
-              "--device", "cpu", "--log_samples", "--output_path", str(lm_out)]
+    cmd_lm = [
+        str(ROOT / ".venv" / "bin" / "lm_eval"),
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={model_dir}",
+        "--tasks",
+        ",".join(names),
+        "--include_path",
+        str(tdir),
+        "--batch_size",
+        str(args.lm_eval_batch_size),
+        "--device",
+        "cpu",
+        "--log_samples",
+        "--output_path",
+        str(lm_out),
+    ]
     lm_proc, lm_t0 = _start(cmd_lm, env)
 
     # workbench: CLI end to end, cache off, at each batch size
@@ -92,9 +115,23 @@ def main() -> None:
     cmds_wb = []
     for bs in [int(x) for x in str(args.batch_size).split(",")]:
         wb_out = work / f"workbench_out_bs{bs}"
-        cmd_wb = [str(ROOT / ".venv" / "bin" / "workbench"), "eval", str(model_dir), "--tasks", tasks, "--data-dir",
-                  str(args.data_dir), "--batch-size", str(bs), "--device", "cpu", "--no-cache",
-                  "--out", str(wb_out), "--overwrite"]
+        cmd_wb = [
+            str(ROOT / ".venv" / "bin" / "workbench"),
+            "eval",
+            str(model_dir),
+            "--tasks",
+            tasks,
+            "--data-dir",
+            str(args.data_dir),
+            "--batch-size",
+            str(bs),
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--out",
+            str(wb_out),
+            "--overwrite",
+        ]
         t_wb[bs], c_wb[bs] = _finish(*_start(cmd_wb, env))
         cmds_wb.append(" ".join(cmd_wb))
         print(f"workbench batch {bs}: wall {t_wb[bs]:.1f}s, cpu {c_wb[bs]:.1f}s", flush=True)
@@ -128,15 +165,19 @@ def main() -> None:
                 same += int(c == bool(s["acc"]))
                 max_dll = max(max_dll, abs(lg - good), abs(lb - bad))
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {args.threads}",
-        "pairs": n, "identical_decisions": same, "max_abs_loglik_diff": max_dll,
+        "pairs": n,
+        "identical_decisions": same,
+        "max_abs_loglik_diff": max_dll,
         "lm_eval_batch_size": args.lm_eval_batch_size,
-        "lm_eval_cpu_s": round(c_lm, 1), "lm_eval_wall_s": round(t_lm, 1),
+        "lm_eval_cpu_s": round(c_lm, 1),
+        "lm_eval_wall_s": round(t_lm, 1),
         "workbench_cpu_s": {bs: round(t, 1) for bs, t in c_wb.items()},
         "workbench_wall_s": {bs: round(t, 1) for bs, t in t_wb.items()},
         "speedup_cpu": {bs: round(c_lm / t, 2) for bs, t in c_wb.items()},
-        "workbench_cmds": cmds_wb, "lm_eval_cmd": " ".join(cmd_lm),
+        "workbench_cmds": cmds_wb,
+        "lm_eval_cmd": " ".join(cmd_lm),
     }
     print(json.dumps(report, indent=2))
     (work / "report.json").write_text(json.dumps(report, indent=2))

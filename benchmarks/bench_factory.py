@@ -16,7 +16,7 @@ import platform
 import shutil
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,9 +32,14 @@ def throughput(preset: str, steps: int = 20) -> float:
     r = load_train_recipe(preset)
     m = r.model
     cfg = LlamaConfig(
-        vocab_size=r.tokenizer.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-        max_position_embeddings=r.optim.seq_len, tie_word_embeddings=True, use_cache=False,
+        vocab_size=r.tokenizer.vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        max_position_embeddings=r.optim.seq_len,
+        tie_word_embeddings=True,
+        use_cache=False,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).train()
@@ -63,13 +68,17 @@ def build(preset: str, out: Path) -> tuple[float, object]:
 
 def members(root: Path) -> SimpleNamespace:
     """The checkpoint dirs present under a family root (a build still running is fine)."""
+
     def present(pattern: str) -> list[Path]:
         return sorted(p for p in root.glob(pattern) if (p / "model.safetensors").is_file())
 
     annealed = root / "annealed"
     return SimpleNamespace(
-        tokenizer=root / "tokenizer", heldout=root / "heldout.txt", trajectory=present("trajectory/step-*"),
-        siblings=present("siblings/sibling-*"), independent=present("independent/independent-*"),
+        tokenizer=root / "tokenizer",
+        heldout=root / "heldout.txt",
+        trajectory=present("trajectory/step-*"),
+        siblings=present("siblings/sibling-*"),
+        independent=present("independent/independent-*"),
         annealed=annealed if (annealed / "model.safetensors").is_file() else None,
     )
 
@@ -109,8 +118,11 @@ def print_table(rows: list[tuple[str, str, float, float]]) -> None:
         print(f"| {name} | {ppl:.3f} | {nll:.4f} |")
     best = min(r[2] for r in rows if r[1] == "checkpoint")
     soup = next(r for r in rows if r[1] == "soup")
-    print(f"\nsoup vs best trajectory checkpoint: {soup[2]:.3f} vs {best:.3f} "
-          f"({'soup better' if soup[2] < best else 'soup NOT better'})", flush=True)
+    print(
+        f"\nsoup vs best trajectory checkpoint: {soup[2]:.3f} vs {best:.3f} "
+        f"({'soup better' if soup[2] < best else 'soup NOT better'})",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -118,8 +130,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("benchmarks/out/factory"))
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--reuse-demo", action="store_true", help="score an already built demo family (no build timing)")
-    ap.add_argument("--score-only", type=Path, default=None,
-                    help="only score the checkpoints present in this family dir (no throughput, no builds)")
+    ap.add_argument(
+        "--score-only",
+        type=Path,
+        default=None,
+        help="only score the checkpoints present in this family dir (no throughput, no builds)",
+    )
     args = ap.parse_args()
     import torch
 
@@ -130,9 +146,12 @@ def main() -> None:
         print_table(soup_table(members(args.score_only)))
         return
     load = os.getloadavg()
-    print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}, load average {load[0]:.1f}", flush=True)
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}, load average {load[0]:.1f}",
+        flush=True,
+    )
     try:
         cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
         model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
@@ -147,15 +166,20 @@ def main() -> None:
         print(f"demo family (reused) build time recorded: {secs:.1f} s", flush=True)
     else:
         secs, fam = build("demo", args.work / "demo")
-        print(f"demo family build: {secs:.1f} s ({fam.info['n_params']:,} parameters; "
-              f"per-run tokens/s {fam.info['build']['tokens_per_s']})", flush=True)
+        print(
+            f"demo family build: {secs:.1f} s ({fam.info['n_params']:,} parameters; "
+            f"per-run tokens/s {fam.info['build']['tokens_per_s']})",
+            flush=True,
+        )
     print(f"load average after the demo build: {os.getloadavg()[0]:.1f}", flush=True)
     print_table(soup_table(fam))
     if not args.skip_tiny:
         secs, tiny = build("tiny", args.work / "tiny")
-        print(f"tiny family build: {secs:.1f} s ({tiny.info['n_params']:,} parameters; "
-              f"per-run tokens/s {tiny.info['build']['tokens_per_s']}); load average {os.getloadavg()[0]:.1f}",
-              flush=True)
+        print(
+            f"tiny family build: {secs:.1f} s ({tiny.info['n_params']:,} parameters; "
+            f"per-run tokens/s {tiny.info['build']['tokens_per_s']}); load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -162,18 +162,37 @@ def main() -> None:
     io_bytes = 3 * model_bytes  # two inputs read, one output written
     wb_cli = [str(BIN / "workbench"), "merge", str(recipe), "OUT", "--device", args.device]
     mk_cli = [str(BIN / "mergekit-yaml"), str(recipe), "OUT"] + (["--cuda"] if args.device.startswith("cuda") else [])
-    results: dict[str, list[dict]] = {"workbench_cli": [], "mergekit_cli": [], "workbench_inproc": [], "mergekit_inproc": [],
-                                      "python_cli": [], "import_torch_cli": [], "copy_floor": []}
+    results: dict[str, list[dict]] = {
+        "workbench_cli": [],
+        "mergekit_cli": [],
+        "workbench_inproc": [],
+        "mergekit_inproc": [],
+        "python_cli": [],
+        "import_torch_cli": [],
+        "copy_floor": [],
+    }
     for i in range(args.repeats):
         # floors: what any Python + torch process, and any to-disk merge, costs on this machine
         for key, code in (("python_cli", "pass"), ("import_torch_cli", "import torch")):
             results[key].append(run_json([sys.executable, "-c", WRAPPER, sys.executable, "-c", code]))
-        results["copy_floor"].append(run_json([sys.executable, "-c", COPY_FLOOR, str(a / "model.safetensors"),
-                                               str(b / "model.safetensors"), str(args.out / "copy_floor.bin")]))
+        results["copy_floor"].append(
+            run_json(
+                [
+                    sys.executable,
+                    "-c",
+                    COPY_FLOOR,
+                    str(a / "model.safetensors"),
+                    str(b / "model.safetensors"),
+                    str(args.out / "copy_floor.bin"),
+                ]
+            )
+        )
         for key, cmd in (("workbench_cli", wb_cli), ("mergekit_cli", mk_cli)):
             out = args.out / f"{key}_{i}"
             shutil.rmtree(out, ignore_errors=True)
-            results[key].append(run_json([sys.executable, "-c", WRAPPER] + [out.as_posix() if c == "OUT" else c for c in cmd]))
+            results[key].append(
+                run_json([sys.executable, "-c", WRAPPER] + [out.as_posix() if c == "OUT" else c for c in cmd])
+            )
             shutil.rmtree(out, ignore_errors=True)
         for key, which in (("workbench_inproc", "workbench"), ("mergekit_inproc", "mergekit")):
             out = args.out / f"{key}_{i}"
@@ -207,8 +226,7 @@ def main() -> None:
         f"| in process, merge to disk (s) | {wb_d:.2f} | {mk_d:.2f} | {mk_d / wb_d:.1f}x |",
         f"| in process, merge in memory, cold (s) | {wb_c:.2f} | | {mk_d / wb_c:.1f}x |",
         f"| in process, merge in memory, warm cache (s) | {wb_h:.3f} | | {mk_d / wb_h:.1f}x |",
-        f"| in process, merge in memory, warm cache, into existing tensors (s) | {wb_i:.3f} | | "
-        f"{mk_d / wb_i:.1f}x |",
+        f"| in process, merge in memory, warm cache, into existing tensors (s) | {wb_i:.3f} | | {mk_d / wb_i:.1f}x |",
         f"| GB/s (read + written) merge to disk | {gbs(wb_d):.2f} | {gbs(mk_d):.2f} | |",
         f"| GB/s merge in memory, warm, into existing tensors | {gbs(wb_i):.2f} | | |",
         "",

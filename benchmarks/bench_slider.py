@@ -37,8 +37,11 @@ def family_pair(family_dir: Path, data) -> tuple[list[Path], str]:
     """Two checkpoints of a family dir (the demo preset is trained there when absent)."""
     from workbench.factory import load_family, train_family
 
-    fam = load_family(family_dir) if (family_dir / "family.yaml").is_file() else train_family(
-        "demo", family_dir, data_dir=data, progress=False)
+    fam = (
+        load_family(family_dir)
+        if (family_dir / "family.yaml").is_file()
+        else train_family("demo", family_dir, data_dir=data, progress=False)
+    )
     b = fam.independent[0] if fam.independent else fam.siblings[1]
     return [fam.siblings[0], b], f"family {family_dir} ({fam.recipe.name})"
 
@@ -47,8 +50,15 @@ def synthetic_pair(root: Path) -> tuple[list[Path], str]:
     """Two random 2.1M-parameter Llamas (hidden 256, 2 layers, vocab 1024, character tokenizer), b = a + noise."""
     from workbench.testing import write_random_llama
 
-    a = write_random_llama(root / "a", seed=0, hidden_size=256, num_layers=2, vocab_size=1024,
-                           intermediate_size=688, max_position_embeddings=512)
+    a = write_random_llama(
+        root / "a",
+        seed=0,
+        hidden_size=256,
+        num_layers=2,
+        vocab_size=1024,
+        intermediate_size=688,
+        max_position_embeddings=512,
+    )
     b = write_random_llama(root / "b", seed=1, like=a, noise=0.02)
     return [a, b], "synthetic random Llama pair (hidden 256, 2 layers, vocab 1024, character tokenizer)"
 
@@ -78,13 +88,22 @@ def latency(models: list[Path], what: str, n: int, limit: int, debounce: float, 
     merge = [r.merge_s for r in ex.results]
     ev = [r.eval_s for r in ex.results]
     return {
-        "what": "slider latency (slider change -> figure data updated)", "models": what,
-        "params": params, "dev_items": session.n_items, "limit_per_paradigm": limit,
-        "debounce_s": debounce, "n": len(lat), "torch_threads": torch.get_num_threads(),
-        "median_s": round(statistics.median(lat), 3), "p90_s": round(lat[int(0.9 * (len(lat) - 1))], 3),
-        "min_s": round(lat[0], 3), "max_s": round(lat[-1], 3),
-        "median_merge_s": round(statistics.median(merge), 3), "median_eval_s": round(statistics.median(ev), 3),
-        "session_setup_s": round(setup_s, 1), "machine": _machine(),
+        "what": "slider latency (slider change -> figure data updated)",
+        "models": what,
+        "params": params,
+        "dev_items": session.n_items,
+        "limit_per_paradigm": limit,
+        "debounce_s": debounce,
+        "n": len(lat),
+        "torch_threads": torch.get_num_threads(),
+        "median_s": round(statistics.median(lat), 3),
+        "p90_s": round(lat[int(0.9 * (len(lat) - 1))], 3),
+        "min_s": round(lat[0], 3),
+        "max_s": round(lat[-1], 3),
+        "median_merge_s": round(statistics.median(merge), 3),
+        "median_eval_s": round(statistics.median(ev), 3),
+        "session_setup_s": round(setup_s, 1),
+        "machine": _machine(),
     }
 
 
@@ -97,18 +116,31 @@ def demo_times(data_dir: str | None) -> list[dict]:
         extra = ["--data-dir", data_dir] if data_dir else []
         for label in ("cold", "warm"):
             t0 = time.perf_counter()
-            subprocess.run([exe, "demo", "--out", str(dest), "--family-dir", str(fam), *extra], check=True,
-                           cwd=REPO, stdout=subprocess.DEVNULL)
-            out.append({"what": f"workbench demo ({label})", "seconds": round(time.perf_counter() - t0, 1),
-                        "machine": _machine()})
+            subprocess.run(
+                [exe, "demo", "--out", str(dest), "--family-dir", str(fam), *extra],
+                check=True,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+            )
+            out.append(
+                {
+                    "what": f"workbench demo ({label})",
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "machine": _machine(),
+                }
+            )
         shutil.rmtree(fam, ignore_errors=True)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", type=Path, default=REPO / "data" / "families" / "demo",
-                    help="family dir (trained with the demo preset if absent)")
+    ap.add_argument(
+        "--family",
+        type=Path,
+        default=REPO / "data" / "families" / "demo",
+        help="family dir (trained with the demo preset if absent)",
+    )
     ap.add_argument("--synthetic", action="store_true", help="use two random 2.1M-parameter Llamas instead")
     ap.add_argument("--n", type=int, default=20, help="slider changes to time")
     ap.add_argument("--limit", type=int, default=4, help="items per BLiMP paradigm before the dev split")

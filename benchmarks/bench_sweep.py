@@ -68,10 +68,26 @@ def _start_ray(env: dict, temp: Path) -> tuple[subprocess.Popen, str, float]:
         t0 = time.perf_counter()
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
-                [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                 f"--num-cpus={os.cpu_count()}", "--disable-usage-stats", "--include-dashboard=false", "--no-monitor",
-                 f"--ray-client-server-port={client}", f"--dashboard-port={dash}", f"--temp-dir={temp}"],
-                stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                [
+                    ray_bin,
+                    "start",
+                    "--head",
+                    "--block",
+                    "--node-ip-address=127.0.0.1",
+                    f"--port={port}",
+                    f"--num-cpus={os.cpu_count()}",
+                    "--disable-usage-stats",
+                    "--include-dashboard=false",
+                    "--no-monitor",
+                    f"--ray-client-server-port={client}",
+                    f"--dashboard-port={dash}",
+                    f"--temp-dir={temp}",
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         while proc.poll() is None and time.perf_counter() - t0 < 180:
             if b"Ray runtime started" in log.read_bytes():
                 return proc, f"127.0.0.1:{port}", time.perf_counter() - t0
@@ -114,35 +130,78 @@ def main() -> None:
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_sweep."))
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           "TQDM_DISABLE": "1", "WORKBENCH_CACHE": str(work / "unused-cache")}
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "TQDM_DISABLE": "1",
+        "WORKBENCH_CACHE": str(work / "unused-cache"),
+    }
     import yaml
 
-    sweep_doc = {"ingredients": {"a": a, "b": b}, "method": "slerp", "models": ["a", "b"], "axes": {"t": ts},
-                 "tasks": tasks, "limit": limit, "seed": 0, "data_dir": args.data_dir}
+    sweep_doc = {
+        "ingredients": {"a": a, "b": b},
+        "method": "slerp",
+        "models": ["a", "b"],
+        "axes": {"t": ts},
+        "tasks": tasks,
+        "limit": limit,
+        "seed": 0,
+        "data_dir": args.data_dir,
+    }
     (work / "sweep.yaml").write_text(yaml.safe_dump(sweep_doc, sort_keys=False))
 
     rows: dict[str, tuple[float, float | None]] = {}
     print(f"family: {family.root}\nscratch: {work}", flush=True)
 
     # 1. the sweep, local backend, empty cache
-    rows["sweep_local"] = _run([*WB, "sweep", str(work / "sweep.yaml"), "--out", str(work / "sweep-local"),
-                                "--cache", str(work / "cache-local")], env)
+    rows["sweep_local"] = _run(
+        [
+            *WB,
+            "sweep",
+            str(work / "sweep.yaml"),
+            "--out",
+            str(work / "sweep-local"),
+            "--cache",
+            str(work / "cache-local"),
+        ],
+        env,
+    )
     print("sweep local", rows["sweep_local"], flush=True)
 
     # 2. separate merge + eval runs
     merge_wall = merge_cpu = eval_wall = eval_cpu = 0.0
     separate: dict[float, dict] = {}
-    for t in ([] if args.skip_separate else ts):
-        recipe = {"merge_method": "slerp", "base_model": a, "models": [{"model": a}, {"model": b}],
-                  "parameters": {"t": t}, "dtype": "float32"}
+    for t in [] if args.skip_separate else ts:
+        recipe = {
+            "merge_method": "slerp",
+            "base_model": a,
+            "models": [{"model": a}, {"model": b}],
+            "parameters": {"t": t},
+            "dtype": "float32",
+        }
         rp = work / f"recipe-{t}.yaml"
         rp.write_text(yaml.safe_dump(recipe, sort_keys=False))
         w, c = _run([*WB, "merge", str(rp), str(work / f"merged-{t}")], env)
         merge_wall += w
         merge_cpu += c
-        w, c = _run([*WB, "eval", str(work / f"merged-{t}"), "--tasks", ",".join(tasks), "--data-dir", args.data_dir,
-                     "--limit", str(limit), "--out", str(work / f"eval-{t}"), "--no-cache"], env)
+        w, c = _run(
+            [
+                *WB,
+                "eval",
+                str(work / f"merged-{t}"),
+                "--tasks",
+                ",".join(tasks),
+                "--data-dir",
+                args.data_dir,
+                "--limit",
+                str(limit),
+                "--out",
+                str(work / f"eval-{t}"),
+                "--no-cache",
+            ],
+            env,
+        )
         eval_wall += w
         eval_cpu += c
         separate[t] = json.loads((work / f"eval-{t}" / "summary.json").read_text())["summary"]
@@ -157,7 +216,7 @@ def main() -> None:
 
     table = pl.read_parquet(work / "sweep-local" / "results.parquet")
     mismatches = 0
-    for t in ([] if args.skip_separate else ts):
+    for t in [] if args.skip_separate else ts:
         for task in tasks:
             key = "acc,none" if "acc,none" in separate[t][task] else "word_perplexity,none"
             v = table.filter((pl.col("t") == t) & (pl.col("task") == task) & (pl.col("metric") == key))["value"][0]
@@ -174,22 +233,72 @@ def main() -> None:
         proc, address, startup = _start_ray(env, temp)
         try:
             ray_rows["cluster_start"] = startup
-            ray_rows["sweep_ray"] = _run([*WB, "sweep", str(work / "sweep.yaml"), "--out", str(work / "sweep-ray"),
-                                          "--backend", "ray", "--ray-address", address,
-                                          "--cache", str(work / "cache-ray")], env)[0]
-            ray_rows["sweep_ray_serial"] = _run([*WB, "sweep", str(work / "sweep-serial.yaml"), "--out",
-                                                 str(work / "sweep-ray-serial"), "--backend", "ray",
-                                                 "--ray-address", address, "--cache", str(work / "cache-ray-serial")],
-                                                env)[0]
-            ray_rows["sweep_ray_cached"] = _run([*WB, "sweep", str(work / "sweep.yaml"), "--out",
-                                                 str(work / "sweep-ray-2"), "--backend", "ray", "--ray-address", address,
-                                                 "--cache", str(work / "cache-ray")], env)[0]
+            ray_rows["sweep_ray"] = _run(
+                [
+                    *WB,
+                    "sweep",
+                    str(work / "sweep.yaml"),
+                    "--out",
+                    str(work / "sweep-ray"),
+                    "--backend",
+                    "ray",
+                    "--ray-address",
+                    address,
+                    "--cache",
+                    str(work / "cache-ray"),
+                ],
+                env,
+            )[0]
+            ray_rows["sweep_ray_serial"] = _run(
+                [
+                    *WB,
+                    "sweep",
+                    str(work / "sweep-serial.yaml"),
+                    "--out",
+                    str(work / "sweep-ray-serial"),
+                    "--backend",
+                    "ray",
+                    "--ray-address",
+                    address,
+                    "--cache",
+                    str(work / "cache-ray-serial"),
+                ],
+                env,
+            )[0]
+            ray_rows["sweep_ray_cached"] = _run(
+                [
+                    *WB,
+                    "sweep",
+                    str(work / "sweep.yaml"),
+                    "--out",
+                    str(work / "sweep-ray-2"),
+                    "--backend",
+                    "ray",
+                    "--ray-address",
+                    address,
+                    "--cache",
+                    str(work / "cache-ray"),
+                ],
+                env,
+            )[0]
         finally:
             _stop_ray(proc)
             shutil.rmtree(temp, ignore_errors=True)
-        ray_rows["sweep_local_again"] = _run([*WB, "sweep", str(work / "sweep.yaml"), "--out",
-                                              str(work / "sweep-local-2"), "--cache", str(work / "cache-local-2")], env)[0]
-        same = all(pl.read_parquet(work / d / "results.parquet").equals(table) for d in ("sweep-ray", "sweep-ray-serial"))
+        ray_rows["sweep_local_again"] = _run(
+            [
+                *WB,
+                "sweep",
+                str(work / "sweep.yaml"),
+                "--out",
+                str(work / "sweep-local-2"),
+                "--cache",
+                str(work / "cache-local-2"),
+            ],
+            env,
+        )[0]
+        same = all(
+            pl.read_parquet(work / d / "results.parquet").equals(table) for d in ("sweep-ray", "sweep-ray-serial")
+        )
         ray_rows["same_numbers"] = float(same)
 
         def point_seconds(d: str) -> tuple[float, float]:
@@ -202,10 +311,14 @@ def main() -> None:
 
     sw, sc = rows["sweep_local"]
     print()
-    print(f"- command: `.venv/bin/python benchmarks/bench_sweep.py --tasks {args.tasks} --limit {args.limit} "
-          f"--points {args.points}{' --skip-separate' if args.skip_separate else ''}`")
-    print(f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(
+        f"- command: `.venv/bin/python benchmarks/bench_sweep.py --tasks {args.tasks} --limit {args.limit} "
+        f"--points {args.points}{' --skip-separate' if args.skip_separate else ''}`"
+    )
+    print(
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average at the end {os.getloadavg()[0]:.1f}"
+    )
     print(f"- date: {dt.date.today().isoformat()}")
     print(f"- workload: {n} points, SLERP t = 0..1, tasks {tasks}, limit {limit} per stratum, family {family.root}")
     print()
@@ -225,16 +338,24 @@ def main() -> None:
         per_point = (ray_rows["sweep_ray_serial"] - ray_rows["sweep_local_again"]) / n
         cpus = os.cpu_count()
         print(f"| Ray head node start (`ray start`, not counted below) | {ray_rows['cluster_start']:.1f} | |")
-        print(f"| `workbench sweep --backend ray`, num_cpus 1 per point ({cpus} points at a time) | "
-              f"{ray_rows['sweep_ray']:.1f} | |")
-        print(f"| `workbench sweep --backend ray`, num_cpus {cpus} per point (one at a time) | "
-              f"{ray_rows['sweep_ray_serial']:.1f} | |")
+        print(
+            f"| `workbench sweep --backend ray`, num_cpus 1 per point ({cpus} points at a time) | "
+            f"{ray_rows['sweep_ray']:.1f} | |"
+        )
+        print(
+            f"| `workbench sweep --backend ray`, num_cpus {cpus} per point (one at a time) | "
+            f"{ray_rows['sweep_ray_serial']:.1f} | |"
+        )
         print(f"| `workbench sweep` local, same run | {ray_rows['sweep_local_again']:.1f} | |")
         print(f"| Ray overhead per point ((ray one at a time - local) / {n}) | {per_point:.2f} | |")
-        print(f"| time inside a point, mean / median: local | {ray_rows['pt_local']:.2f} / "
-              f"{ray_rows['pt_local_median']:.2f} | |")
-        print(f"| time inside a point, mean / median: Ray worker (one at a time) | {ray_rows['pt_ray']:.2f} / "
-              f"{ray_rows['pt_ray_median']:.2f} | |")
+        print(
+            f"| time inside a point, mean / median: local | {ray_rows['pt_local']:.2f} / "
+            f"{ray_rows['pt_local_median']:.2f} | |"
+        )
+        print(
+            f"| time inside a point, mean / median: Ray worker (one at a time) | {ray_rows['pt_ray']:.2f} / "
+            f"{ray_rows['pt_ray_median']:.2f} | |"
+        )
         print(f"| rerun with every point cached (no Ray work) | {ray_rows['sweep_ray_cached']:.1f} | |")
         print(f"| Ray tables equal local table | {'yes' if ray_rows['same_numbers'] else 'no'} | |")
     if not args.work:

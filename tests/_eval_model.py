@@ -24,8 +24,9 @@ def corpus_slice(shared_data: Path, n_chars: int = 1_500_000) -> str:
     return "\n\n".join(parts)
 
 
-def build_tiny_model(out_dir: Path, shared_data: Path, *, vocab_size: int = 2048, max_len: int = 128,
-                     steps: int = 40, seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: Path, shared_data: Path, *, vocab_size: int = 2048, max_len: int = 128, steps: int = 40, seed: int = 0
+) -> Path:
     """Build (once) and return an HF model dir with a BOS-adding tokenizer."""
     out_dir = Path(out_dir)
     if (out_dir / "done.json").is_file():
@@ -49,17 +50,33 @@ def _build(out_dir: Path, shared_data: Path, vocab_size: int, max_len: int, step
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tk.train_from_iterator(text.split("\n\n"), trainer=trainer)
     bos = tk.token_to_id("<s>")
-    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  model_max_length=max_len)
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", model_max_length=max_len
+    )
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=max_len,
-                      bos_token_id=bos, eos_token_id=tk.token_to_id("</s>"), tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=tk.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=max_len,
+        bos_token_id=bos,
+        eos_token_id=tk.token_to_id("</s>"),
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(cfg)
     ids = torch.tensor(tk.encode(text[:400_000]).ids)
     n = (len(ids) // max_len) * max_len

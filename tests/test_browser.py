@@ -26,15 +26,23 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                                      "(run `make browser` or `apt-get install chromium`)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed at /usr/bin/chromium "
+        "(run `make browser` or `apt-get install chromium`)",
+    ),
 ]
 
 
@@ -70,26 +78,51 @@ def lab_server(tmp_path: Path, tiny_family, shared_data: Path):
     work = tmp_path / "lab"
     work.mkdir()
     nb = load_notebook_node(str(REPO / "notebooks" / "merge_explorer.ipynb"))
-    nb = parameterize_notebook(nb, {
-        "models": [str(tiny_family.siblings[0]), str(tiny_family.independent[0])],
-        "subsample": 1, "t_grid": [0.0, 0.5, 1.0], "data_dir": str(shared_data), "device": "cpu",
-    })
+    nb = parameterize_notebook(
+        nb,
+        {
+            "models": [str(tiny_family.siblings[0]), str(tiny_family.independent[0])],
+            "subsample": 1,
+            "t_grid": [0.0, 0.5, 1.0],
+            "data_dir": str(shared_data),
+            "device": "cpu",
+        },
+    )
     nbformat.write(nb, work / "merge_explorer.ipynb")
     port = _free_port()
     env = dict(os.environ)
-    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
-                     ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"), ("IPYTHONDIR", "ipython")):
+    for var, sub in (
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+        ("IPYTHONDIR", "ipython"),
+    ):
         env[var] = str(tmp_path / sub)
     log = open(tmp_path / "lab.log", "w")
     with current_python_kernel():
         env["JUPYTER_PATH"] = os.environ["JUPYTER_PATH"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
-             "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={work}",
-             "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-             "--ServerApp.open_browser=False", "--allow-root"],
-            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0",
+                "--IdentityProvider.token=",
+                "--ServerApp.password=",
+                "--ServerApp.disable_check_xsrf=True",
+                f"--ServerApp.root_dir={work}",
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--ServerApp.open_browser=False",
+                "--allow-root",
+            ],
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -154,7 +187,8 @@ def test_merge_explorer_in_jupyterlab(lab_server) -> None:
             page.wait_for_function(_FIGURE_STATE, timeout=120_000)
             # every cell has run once the static slider figure is there (second plot)
             page.wait_for_function(
-                "() => document.querySelectorAll('.jp-Notebook .js-plotly-plot').length >= 2", timeout=240_000)
+                "() => document.querySelectorAll('.jp-Notebook .js-plotly-plot').length >= 2", timeout=240_000
+            )
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=240_000)
             before = page.evaluate(_FIGURE_STATE)
             readout_before = page.evaluate(_READOUT)
@@ -173,17 +207,24 @@ def test_merge_explorer_in_jupyterlab(lab_server) -> None:
                 page.wait_for_timeout(50)
             page.mouse.up()
 
-            page.wait_for_function(f"(b) => {{ const s = ({_FIGURE_STATE})(); return s !== null && s !== b; }}",
-                                   arg=before, timeout=120_000)
-            page.wait_for_function(f"(b) => {{ const r = ({_READOUT})(); return r !== null && r !== b; }}",
-                                   arg=readout_before, timeout=120_000)
+            page.wait_for_function(
+                f"(b) => {{ const s = ({_FIGURE_STATE})(); return s !== null && s !== b; }}",
+                arg=before,
+                timeout=120_000,
+            )
+            page.wait_for_function(
+                f"(b) => {{ const r = ({_READOUT})(); return r !== null && r !== b; }}",
+                arg=readout_before,
+                timeout=120_000,
+            )
             after = page.evaluate(_FIGURE_STATE)
             page.screenshot(path=str(ARTIFACTS / "merge_explorer_jupyterlab.png"), full_page=False)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "merge_explorer_jupyterlab_failure.png"), full_page=False)
             state = page.evaluate(_FIGURE_STATE)
-            readouts = page.evaluate("() => Array.from(document.querySelectorAll('.widget-html-content'))"
-                                     ".map(e => e.innerText)")
+            readouts = page.evaluate(
+                "() => Array.from(document.querySelectorAll('.widget-html-content')).map(e => e.innerText)"
+            )
             (ARTIFACTS / "merge_explorer_jupyterlab_failure.txt").write_text(f"{state}\n{readouts}\n")
             raise
         finally:

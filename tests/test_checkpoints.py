@@ -47,8 +47,11 @@ def models(pristine, tmp_path) -> dict[str, Path]:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _rewrite(model_dir: Path, change) -> None:
@@ -140,8 +143,13 @@ def test_tokenizer_and_state_dict_bridges(models, tmp_path):
 def test_merged_output_has_config_tokenizer_and_recipe(models, tmp_path):
     out = merge_to_disk(simple_recipe("slerp", [models["a"], models["b"]], t=0.5), tmp_path / "m", progress=False)
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                     "workbench_merge.yaml"]
+    assert names == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "workbench_merge.yaml",
+    ]
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
 
 
@@ -150,28 +158,47 @@ def test_merged_output_has_config_tokenizer_and_recipe(models, tmp_path):
 
 def test_shape_mismatch(models, tmp_path):
     _rewrite(models["b"], lambda s: s.__setitem__(Q0, torch.zeros(16, 15)))
-    _expect_refusal(models, simple_recipe("slerp", [models["a"], models["b"]], t=0.5), tmp_path / "out",
-                    Q0, "model.safetensors", "(16, 15)")
+    _expect_refusal(
+        models,
+        simple_recipe("slerp", [models["a"], models["b"]], t=0.5),
+        tmp_path / "out",
+        Q0,
+        "model.safetensors",
+        "(16, 15)",
+    )
 
 
 def test_different_architectures(models, tmp_path):
     write_random_llama(tmp_path / "in" / "wide", seed=3, **{**DIMS, "hidden_size": 32})
-    _expect_refusal(models, simple_recipe("linear", [models["a"], tmp_path / "in" / "wide"]), tmp_path / "out",
-                    "different architectures", "hidden_size", "config.json")
+    _expect_refusal(
+        models,
+        simple_recipe("linear", [models["a"], tmp_path / "in" / "wide"]),
+        tmp_path / "out",
+        "different architectures",
+        "hidden_size",
+        "config.json",
+    )
     write_random_llama(tmp_path / "in" / "deep", seed=3, **{**DIMS, "num_layers": 3})
-    _expect_refusal(models, simple_recipe("linear", [models["a"], tmp_path / "in" / "deep"]), tmp_path / "out",
-                    "num_hidden_layers")
+    _expect_refusal(
+        models, simple_recipe("linear", [models["a"], tmp_path / "in" / "deep"]), tmp_path / "out", "num_hidden_layers"
+    )
 
 
 def test_missing_tensor(models, tmp_path):
     _rewrite(models["b"], lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
-    _expect_refusal(models, simple_recipe("slerp", [models["a"], models["b"]], t=0.5), tmp_path / "out",
-                    "model.layers.1.mlp.up_proj.weight", str(models["b"]))
+    _expect_refusal(
+        models,
+        simple_recipe("slerp", [models["a"], models["b"]], t=0.5),
+        tmp_path / "out",
+        "model.layers.1.mlp.up_proj.weight",
+        str(models["b"]),
+    )
 
 
 def test_nonfinite_input_refused_unless_allowed(models, tmp_path):
     def poison(s):
         s[Q0][3, 4] = float("nan")
+
     _rewrite(models["b"], poison)
     recipe = simple_recipe("slerp", [models["a"], models["b"]], t=0.5)
     msg = _expect_refusal(models, recipe, tmp_path / "out", Q0, "NaN", "model.safetensors")
@@ -222,8 +249,9 @@ def test_output_directory_may_not_be_an_input(models):
 def test_truncated_safetensors(models, tmp_path):
     f = models["b"] / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
-    _expect_refusal(models, simple_recipe("slerp", [models["a"], models["b"]], t=0.5), tmp_path / "out",
-                    str(f), "truncated")
+    _expect_refusal(
+        models, simple_recipe("slerp", [models["a"], models["b"]], t=0.5), tmp_path / "out", str(f), "truncated"
+    )
 
 
 def test_corrupt_safetensors_header(models, tmp_path):
@@ -231,8 +259,9 @@ def test_corrupt_safetensors_header(models, tmp_path):
     data = bytearray(f.read_bytes())
     data[8:20] = b"#not json!!#"
     f.write_bytes(bytes(data))
-    _expect_refusal(models, simple_recipe("slerp", [models["a"], models["b"]], t=0.5), tmp_path / "out",
-                    str(f), "corrupt")
+    _expect_refusal(
+        models, simple_recipe("slerp", [models["a"], models["b"]], t=0.5), tmp_path / "out", str(f), "corrupt"
+    )
 
 
 def test_bin_checkpoint_needs_opt_in(models, tmp_path):
@@ -240,8 +269,13 @@ def test_bin_checkpoint_needs_opt_in(models, tmp_path):
     state = {n: ck.get(n).clone() for n in ck.names()}
     (models["b"] / "model.safetensors").unlink()
     torch.save(state, models["b"] / "pytorch_model.bin")
-    _expect_refusal(models, simple_recipe("slerp", [models["a"], models["b"]], t=0.5), tmp_path / "out",
-                    "pytorch_model.bin", "allow_bin")
+    _expect_refusal(
+        models,
+        simple_recipe("slerp", [models["a"], models["b"]], t=0.5),
+        tmp_path / "out",
+        "pytorch_model.bin",
+        "allow_bin",
+    )
     opened = open_checkpoint(models["b"], allow_bin=True)
     assert torch.equal(opened.get(Q0), state[Q0])
 

@@ -20,24 +20,35 @@ PER = 60
 
 def _blimp_items(correct: np.ndarray, margin: np.ndarray, ties: np.ndarray | None = None) -> pl.DataFrame:
     n = len(PARADIGMS) * PER
-    return items_frame({
-        "task": ["blimp"] * n,
-        "item_id": [f"{p}/{j}" for p in PARADIGMS for j in range(PER)],
-        "group": [p for p in PARADIGMS for _ in range(PER)],
-        "field": [("syntax" if i % 2 else "morphology") for i, _ in enumerate(PARADIGMS) for _ in range(PER)],
-        "correct": correct.tolist(),
-        "tie": (ties if ties is not None else np.zeros(n, dtype=bool)).tolist(),
-        "margin": margin.tolist(),
-        "loglik": (-20.0 + margin).tolist(),
-        "loglik_alt": [-20.0] * n,
-    })
+    return items_frame(
+        {
+            "task": ["blimp"] * n,
+            "item_id": [f"{p}/{j}" for p in PARADIGMS for j in range(PER)],
+            "group": [p for p in PARADIGMS for _ in range(PER)],
+            "field": [("syntax" if i % 2 else "morphology") for i, _ in enumerate(PARADIGMS) for _ in range(PER)],
+            "correct": correct.tolist(),
+            "tie": (ties if ties is not None else np.zeros(n, dtype=bool)).tolist(),
+            "margin": margin.tolist(),
+            "loglik": (-20.0 + margin).tolist(),
+            "loglik_alt": [-20.0] * n,
+        }
+    )
 
 
 def _wiki_items(ll: np.ndarray) -> pl.DataFrame:
     n = ll.shape[0]
-    return items_frame({"task": ["wikitext"] * n, "item_id": [str(i) for i in range(n)], "group": [str(i) for i in range(n)],
-                        "tie": [False] * n, "loglik": ll.tolist(), "n_bytes": [400 + 10 * i for i in range(n)],
-                        "n_words": [80] * n, "n_tokens": [120] * n})
+    return items_frame(
+        {
+            "task": ["wikitext"] * n,
+            "item_id": [str(i) for i in range(n)],
+            "group": [str(i) for i in range(n)],
+            "tie": [False] * n,
+            "loglik": ll.tolist(),
+            "n_bytes": [400 + 10 * i for i in range(n)],
+            "n_words": [80] * n,
+            "n_tokens": [120] * n,
+        }
+    )
 
 
 def _system(rng: np.random.Generator, difficulty: np.ndarray, skill: float = 0.0, wiki_shift: float = 0.0):
@@ -113,21 +124,31 @@ def test_planted_effect_is_a_gain_with_covering_ci(difficulty):
 
 def test_best_and_median_are_chosen_on_dev_and_reported_on_test(difficulty):
     rng = np.random.default_rng(4)
-    results = {"weak": _system(rng, difficulty, skill=-1.0), "mid": _system(rng, difficulty),
-               "strong": _system(rng, difficulty, skill=1.0)}
+    results = {
+        "weak": _system(rng, difficulty, skill=-1.0),
+        "mid": _system(rng, difficulty),
+        "strong": _system(rng, difficulty, skill=1.0),
+    }
     results["merge"] = results["mid"].clone()
     panel = build_panel(results, ingredients=["weak", "mid", "strong"], n_resamples=500)
     sel = panel.selections.filter(pl.col("task") == "blimp").row(0, named=True)
     assert (sel["best_dev"], sel["median"]) == ("strong", "mid")
     assert sel["n_dev"] + sel["n_test"] == len(PARADIGMS) * PER
-    row = panel.comparisons.filter((pl.col("task") == "blimp") & (pl.col("metric") == "acc")
-                                   & (pl.col("reference") == "median")).row(0, named=True)
+    row = panel.comparisons.filter(
+        (pl.col("task") == "blimp") & (pl.col("metric") == "acc") & (pl.col("reference") == "median")
+    ).row(0, named=True)
     assert row["identical"] and row["split"] == "test" and row["n_items"] == sel["n_test"]
     # the score table's test accuracy is the macro mean over paradigms of the test items
-    items = panel.items.filter((pl.col("system") == "strong") & (pl.col("task") == "blimp") & (pl.col("split") == "test"))
+    items = panel.items.filter(
+        (pl.col("system") == "strong") & (pl.col("task") == "blimp") & (pl.col("split") == "test")
+    )
     macro = items.group_by("group").agg(pl.col("correct").mean()).get_column("correct").mean()
-    score = panel.scores.filter((pl.col("system") == "strong") & (pl.col("task") == "blimp") & (pl.col("metric") == "acc")
-                                & (pl.col("split") == "test"))["value"][0]
+    score = panel.scores.filter(
+        (pl.col("system") == "strong")
+        & (pl.col("task") == "blimp")
+        & (pl.col("metric") == "acc")
+        & (pl.col("split") == "test")
+    )["value"][0]
     assert score == pytest.approx(macro)
     nf = panel.noise.filter((pl.col("task") == "blimp") & (pl.col("metric") == "acc")).row(0, named=True)
     assert nf["n"] == 3 and nf["spread"] > 0.1
@@ -149,8 +170,11 @@ def test_curve_tables_barrier_and_holm_across_t(difficulty):
     for method, dip in (("lerp", 1.5), ("slerp", 0.5)):
         for t in (0.0, 0.25, 0.5, 0.75, 1.0):
             skill = -dip * (1 - abs(2 * t - 1)) if 0 < t < 1 else 0.0
-            frames.append(_system(np.random.default_rng(int(t * 100)) if t in (0.0, 1.0) else rng, difficulty, skill=skill)
-                          .with_columns(pl.lit(method).alias("method"), pl.lit(t).alias("t")))
+            frames.append(
+                _system(
+                    np.random.default_rng(int(t * 100)) if t in (0.0, 1.0) else rng, difficulty, skill=skill
+                ).with_columns(pl.lit(method).alias("method"), pl.lit(t).alias("t"))
+            )
     curve, barriers, tests = curve_tables(pl.concat(frames), n_resamples=500)
     b = {(r["method"], r["task"]): r for r in barriers.iter_rows(named=True)}
     assert b[("lerp", "blimp")]["barrier"] > b[("slerp", "blimp")]["barrier"] > 0
@@ -170,8 +194,16 @@ def test_write_report_is_atomic_and_complete(tmp_path, difficulty):
     panel = build_panel(results, ingredients=["a", "b"], n_resamples=300)
     out = write_report(panel, tmp_path / "report")
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    for expected in ("verdict.md", "report.html", "panel.json", "figures/deltas.json", "figures/forest.json",
-                     "tables/comparisons.parquet", "tables/items.parquet", "tables/scores.parquet"):
+    for expected in (
+        "verdict.md",
+        "report.html",
+        "panel.json",
+        "figures/deltas.json",
+        "figures/forest.json",
+        "tables/comparisons.parquet",
+        "tables/items.parquet",
+        "tables/scores.parquet",
+    ):
         assert expected in names
     html = (out / "report.html").read_text()
     # plotly.js is inlined (offline viewing): no external script, the bundle is in the page, once
@@ -218,25 +250,44 @@ def test_verdict_numbers_match_table(difficulty):
     results["merge"] = _system(rng, difficulty, skill=0.8)
     panel = build_panel(results, ingredients=["a", "b"], n_resamples=500)
     text = verdict(panel)
-    row = panel.comparisons.filter((pl.col("task") == "blimp") & (pl.col("metric") == "acc")
-                                   & (pl.col("reference") == "best_dev")).row(0, named=True)
+    row = panel.comparisons.filter(
+        (pl.col("task") == "blimp") & (pl.col("metric") == "acc") & (pl.col("reference") == "best_dev")
+    ).row(0, named=True)
     assert re.search(re.escape(f"{row['estimate'] * 100:+.1f} points"), text)
 
 
 def test_too_few_items_to_split_is_reported_not_hidden():
-    rows = lambda c: items_frame({"task": ["arc_easy"] * 2, "item_id": ["q1", "q2"], "group": ["arc_easy"] * 2,
-                                  "correct": c, "tie": [False, False], "margin": [0.1, -0.1]})
+    def rows(c):
+        return items_frame(
+            {
+                "task": ["arc_easy"] * 2,
+                "item_id": ["q1", "q2"],
+                "group": ["arc_easy"] * 2,
+                "correct": c,
+                "tie": [False, False],
+                "margin": [0.1, -0.1],
+            }
+        )
+
     # find a seed whose split puts both items on one side
     from workbench.stats import dev_mask
 
     seed = next(s for s in range(100) if len(set(dev_mask(["arc_easy"] * 2, ["q1", "q2"], seed=s).tolist())) == 1)
-    panel = build_panel({"a": rows([True, False]), "b": rows([False, False]), "merge": rows([True, True])},
-                        ingredients=["a", "b"], seed=seed, n_resamples=200)
+    panel = build_panel(
+        {"a": rows([True, False]), "b": rows([False, False]), "merge": rows([True, True])},
+        ingredients=["a", "b"],
+        seed=seed,
+        n_resamples=200,
+    )
     sel = panel.selections.row(0, named=True)
     assert sel["reported_on"] == "all" and "too few for a dev/test split" in sel["note"]
     assert set(panel.comparisons["split"].to_list()) == {"all"}
     assert "too few for a dev/test split" in verdict(panel)
-    curve_items = pl.concat([rows([True, t > 0.4]).with_columns(pl.lit("lerp").alias("method"), pl.lit(t).alias("t"))
-                             for t in (0.0, 0.5, 1.0)])
+    curve_items = pl.concat(
+        [
+            rows([True, t > 0.4]).with_columns(pl.lit("lerp").alias("method"), pl.lit(t).alias("t"))
+            for t in (0.0, 0.5, 1.0)
+        ]
+    )
     curve, barriers, tests = curve_tables(curve_items, seed=seed, n_resamples=100)
     assert "all" in set(curve["split"].to_list()) and barriers.height == 1 and tests.height == 0

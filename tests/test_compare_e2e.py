@@ -29,21 +29,43 @@ def family(request, shared_data, tmp_path_factory):
 
 
 def _write_recipe(path: Path, method: str, a: Path, b: Path, t: float = 0.5) -> Path:
-    path.write_text(yaml.safe_dump({"merge_method": method, "base_model": str(a), "dtype": "float32",
-                                    "models": [{"model": str(a)}, {"model": str(b)}], "parameters": {"t": t}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": method,
+                "base_model": str(a),
+                "dtype": "float32",
+                "models": [{"model": str(a)}, {"model": str(b)}],
+                "parameters": {"t": t},
+            }
+        )
+    )
     return path
 
 
 def _write_slices_recipe(path: Path, a: Path, b: Path) -> Path:
     """mergekit's usual SLERP layout: slices over the whole layer stack, per-group t."""
     n_layers = json.loads((a / "config.json").read_text())["num_hidden_layers"]
-    path.write_text(yaml.safe_dump({
-        "slices": [{"sources": [{"model": str(a), "layer_range": [0, n_layers]},
-                                {"model": str(b), "layer_range": [0, n_layers]}]}],
-        "merge_method": "slerp", "base_model": str(a), "dtype": "float32",
-        "parameters": {"t": [{"filter": "self_attn", "value": [0.2, 0.6]}, {"filter": "mlp", "value": 0.7},
-                             {"value": 0.4}]},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "slices": [
+                    {
+                        "sources": [
+                            {"model": str(a), "layer_range": [0, n_layers]},
+                            {"model": str(b), "layer_range": [0, n_layers]},
+                        ]
+                    }
+                ],
+                "merge_method": "slerp",
+                "base_model": str(a),
+                "dtype": "float32",
+                "parameters": {
+                    "t": [{"filter": "self_attn", "value": [0.2, 0.6]}, {"filter": "mlp", "value": 0.7}, {"value": 0.4}]
+                },
+            }
+        )
+    )
     return path
 
 
@@ -60,13 +82,32 @@ def test_planted_null_model_against_its_copy(family, shared_data, tmp_path):
     shutil.copytree(a, copy)
     recipe = _write_recipe(tmp_path / "slerp.yaml", "slerp", a, copy)
     out = tmp_path / "null"
-    _compare(["--ingredients", str(a), str(copy), "--recipe", str(recipe),
-              "--tasks", "blimp_anaphor_number_agreement,blimp_regular_plural_subject_verb_agreement_1",
-              "--data-dir", str(shared_data), "--limit", "100", "--curve-ts", "none", "--resamples", "2000",
-              "--out", str(out)])
+    _compare(
+        [
+            "--ingredients",
+            str(a),
+            str(copy),
+            "--recipe",
+            str(recipe),
+            "--tasks",
+            "blimp_anaphor_number_agreement,blimp_regular_plural_subject_verb_agreement_1",
+            "--data-dir",
+            str(shared_data),
+            "--limit",
+            "100",
+            "--curve-ts",
+            "none",
+            "--resamples",
+            "2000",
+            "--out",
+            str(out),
+        ]
+    )
     cmp = pl.read_parquet(out / "tables" / "comparisons.parquet")
     assert cmp.height > 0
-    assert ((cmp["low"] <= 0) & (cmp["high"] >= 0)).all(), cmp.filter(~((cmp["low"] <= 0) & (cmp["high"] >= 0))).to_dicts()
+    assert ((cmp["low"] <= 0) & (cmp["high"] >= 0)).all(), cmp.filter(
+        ~((cmp["low"] <= 0) & (cmp["high"] >= 0))
+    ).to_dicts()
     assert (cmp["call"] == "no evidence").all()
     text = (out / "verdict.md").read_text()
     assert "no evidence of a difference" in text
@@ -77,9 +118,26 @@ def test_compare_end_to_end_on_tiny_family(family, shared_data, tmp_path):
     ingredients = family.trajectory[-3:]
     recipe = _write_slices_recipe(tmp_path / "slerp.yaml", ingredients[0], ingredients[1])
     out = tmp_path / "claim"
-    res = _compare(["--ingredients", *map(str, ingredients), "--recipe", str(recipe),
-                    "--tasks", "blimp,arc_easy,wikitext", "--data-dir", str(shared_data), "--limit", "4",
-                    "--curve-ts", "0,0.5,1", "--seed", "1", "--out", str(out)])
+    res = _compare(
+        [
+            "--ingredients",
+            *map(str, ingredients),
+            "--recipe",
+            str(recipe),
+            "--tasks",
+            "blimp,arc_easy,wikitext",
+            "--data-dir",
+            str(shared_data),
+            "--limit",
+            "4",
+            "--curve-ts",
+            "0,0.5,1",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert "merge vs best-on-dev ingredient" in res.output
     systems = pl.read_parquet(out / "tables" / "systems.parquet")
     kinds = set(systems["kind"].to_list())
@@ -115,10 +173,13 @@ def test_compare_end_to_end_on_tiny_family(family, shared_data, tmp_path):
 def test_compare_bad_input_is_one_clear_error(family, tmp_path):
     a = family.trajectory[-1]
     recipe = _write_recipe(tmp_path / "r.yaml", "slerp", a, a)
-    res = CliRunner().invoke(app, ["compare", "--ingredients", str(a), "--recipe", str(tmp_path / "missing.yaml"),
-                                   "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        app,
+        ["compare", "--ingredients", str(a), "--recipe", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")],
+    )
     assert res.exit_code == 2 and "missing.yaml" in res.output
-    res = CliRunner().invoke(app, ["compare", "--ingredients", str(a), "--recipe", str(recipe),
-                                   "--out", str(tmp_path / "o2")])
+    res = CliRunner().invoke(
+        app, ["compare", "--ingredients", str(a), "--recipe", str(recipe), "--out", str(tmp_path / "o2")]
+    )
     assert res.exit_code == 2 and "at least two ingredients" in res.output
     assert not (tmp_path / "o2").exists()

@@ -41,7 +41,7 @@ class Counting(torch.nn.Module):
 
 
 def _naive(model, ctx, cont, max_length):
-    full = (list(ctx) + list(cont))[-(max_length + 1):]
+    full = (list(ctx) + list(cont))[-(max_length + 1) :]
     inp = torch.tensor([full[:-1]])
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=inp).logits.float(), -1)[0]
@@ -53,8 +53,14 @@ def test_scorer_matches_one_request_at_a_time(mt):
     model, tok = mt
     texts = ["The cat sat on the mat.", "The cat sat", "A much longer sentence that goes on and on " * 4, "Hi"]
     enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    reqs = [([0], enc[0]), ([0], enc[1]), ([0], enc[0]),  # duplicate and a prefix of another request
-            ([0] + enc[1], enc[0][len(enc[1]):] or enc[3]), ([0] + enc[2], enc[3]), ([0], enc[3])]
+    reqs = [
+        ([0], enc[0]),
+        ([0], enc[1]),
+        ([0], enc[0]),  # duplicate and a prefix of another request
+        ([0] + enc[1], enc[0][len(enc[1]) :] or enc[3]),
+        ([0] + enc[2], enc[3]),
+        ([0], enc[3]),
+    ]
     res = score_requests(model, reqs, max_length=16, batch_size=2, progress=False)
     for (c, x), got in zip(reqs, res.loglik):
         assert got == pytest.approx(_naive(model, c, x, 16), abs=1e-4)
@@ -67,10 +73,15 @@ def _shared_prefix_requests(tok):
     q = tok("Question: Which animal sat on the mat?\nAnswer:", add_special_tokens=False)["input_ids"]
     answers = [" the cat", " a dog", " the cat and the dog", " nobody"]
     reqs = [([0] + q, tok(a, add_special_tokens=False)["input_ids"]) for a in answers]
-    for good, bad in [("The cats sit.", "The cats sits."), ("She has eaten.", "She have eaten."),
-                      ("Who did you see?", "Who did you see him?")]:
-        reqs += [([0], tok(" " + good, add_special_tokens=False)["input_ids"]),
-                 ([0], tok(" " + bad, add_special_tokens=False)["input_ids"])]
+    for good, bad in [
+        ("The cats sit.", "The cats sits."),
+        ("She has eaten.", "She have eaten."),
+        ("Who did you see?", "Who did you see him?"),
+    ]:
+        reqs += [
+            ([0], tok(" " + good, add_special_tokens=False)["input_ids"]),
+            ([0], tok(" " + bad, add_special_tokens=False)["input_ids"]),
+        ]
     return reqs
 
 
@@ -126,9 +137,23 @@ def test_fast_tokenizer_path_is_checked_before_use(mt, monkeypatch):
     assert _Tok(tok)._encode_batch(strings, False) == expected
     backend = tok._tokenizer
     wrong = lambda xs, add_special_tokens: [type("E", (), {"ids": [1]})() for _ in xs]  # noqa: E731
-    monkeypatch.setattr(type(tok), "_tokenizer", property(lambda self: type("B", (), {
-        "encode_batch_fast": staticmethod(wrong), "truncation": None, "padding": None,
-        "__getattr__": lambda s, name: getattr(backend, name)})()), raising=False)
+    monkeypatch.setattr(
+        type(tok),
+        "_tokenizer",
+        property(
+            lambda self: type(
+                "B",
+                (),
+                {
+                    "encode_batch_fast": staticmethod(wrong),
+                    "truncation": None,
+                    "padding": None,
+                    "__getattr__": lambda s, name: getattr(backend, name),
+                },
+            )()
+        ),
+        raising=False,
+    )
     assert _Tok(tok)._encode_batch(strings, False) == expected  # the sample check caught the wrong ids
 
 
@@ -148,8 +173,14 @@ def test_rolling_windows_cover_every_token_once():
 
 def test_malformed_jsonl_names_file_and_line(tmp_path, mt, tiny_model_dir):
     (tmp_path / "blimp").mkdir()
-    good = {"sentence_good": "A cat.", "sentence_bad": "Cat a.", "field": "syntax", "linguistics_term": "t",
-            "UID": "adjunct_island", "pairID": "0"}
+    good = {
+        "sentence_good": "A cat.",
+        "sentence_bad": "Cat a.",
+        "field": "syntax",
+        "linguistics_term": "t",
+        "UID": "adjunct_island",
+        "pairID": "0",
+    }
     (tmp_path / "blimp" / "adjunct_island.jsonl").write_text(json.dumps(good) + "\n{not json\n")
     with pytest.raises(WorkbenchError, match=r"adjunct_island\.jsonl:2: malformed JSON"):
         evaluate(*mt, "blimp_adjunct_island", data_dir=tmp_path, progress=False)
@@ -158,8 +189,20 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, mt, tiny_model_dir):
     from workbench.cli import app
 
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "--tasks", "blimp_adjunct_island", "--data-dir",
-                                 str(tmp_path), "--no-cache", "--out", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tiny_model_dir),
+            "--tasks",
+            "blimp_adjunct_island",
+            "--data-dir",
+            str(tmp_path),
+            "--no-cache",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 2 and "adjunct_island.jsonl:2: malformed JSON" in r.output
     assert not out.exists()  # nothing written
     (tmp_path / "blimp" / "adjunct_island.jsonl").write_text(json.dumps({"sentence_good": "x"}) + "\n")
@@ -286,16 +329,42 @@ def test_cli_eval_and_model_without_tokenizer(tmp_path, tiny_model_dir, shared_d
 
     runner = CliRunner()
     out = tmp_path / "res"
-    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--tasks", "blimp_adjunct_island,arc_easy", "--limit", "3",
-                            "--data-dir", str(shared_data), "--no-cache", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            str(tiny_model_dir),
+            "--tasks",
+            "blimp_adjunct_island,arc_easy",
+            "--limit",
+            "3",
+            "--data-dir",
+            str(shared_data),
+            "--no-cache",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (out / "items.parquet").is_file() and "blimp_adjunct_island" in r.output
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_model_dir / name, bare / name)
-    r = runner.invoke(app, ["eval", str(bare), "--tasks", "blimp", "--data-dir", str(shared_data), "--no-cache",
-                            "--out", str(tmp_path / "res2")])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            str(bare),
+            "--tasks",
+            "blimp",
+            "--data-dir",
+            str(shared_data),
+            "--no-cache",
+            "--out",
+            str(tmp_path / "res2"),
+        ],
+    )
     assert r.exit_code == 2
     assert "tokenizer" in r.output and not (tmp_path / "res2").exists()
     r = runner.invoke(app, ["eval", str(tiny_model_dir), "--tasks", "nope", "--out", str(tmp_path / "res3")])

@@ -48,7 +48,8 @@ def _write_task_yamls(d: Path, shared_data: Path) -> list[str]:
         name = f"wbo_blimp_{uid}"
         (d / f"{name}.yaml").write_text(
             f"include: {lt}/blimp/_template_yaml\ntask: {name}\ndataset_path: json\n"
-            f"dataset_kwargs:\n  data_files:\n    train: {shared_data}/blimp/{uid}.jsonl\n")
+            f"dataset_kwargs:\n  data_files:\n    train: {shared_data}/blimp/{uid}.jsonl\n"
+        )
         names.append(name)
     # lm-eval reads ARC in the Hub layout; the AI2 jsonl is only re-shaped
     with open(d / "arc_dev.jsonl", "w", encoding="utf-8") as fh:
@@ -56,7 +57,8 @@ def _write_task_yamls(d: Path, shared_data: Path) -> list[str]:
             fh.write(json.dumps(rec) + "\n")
     (d / "wbo_arc_easy.yaml").write_text(
         f"include: {lt}/arc/arc_easy.yaml\ntask: wbo_arc_easy\ntag: null\ndataset_path: json\ndataset_name: null\n"
-        f"dataset_kwargs:\n  data_files:\n    validation: {d}/arc_dev.jsonl\ntraining_split: null\ntest_split: null\n")
+        f"dataset_kwargs:\n  data_files:\n    validation: {d}/arc_dev.jsonl\ntraining_split: null\ntest_split: null\n"
+    )
     names.append("wbo_arc_easy")
     pages, _ = D.load_wikitext(shared_data, "test")
     with open(d / "wiki_test.jsonl", "w", encoding="utf-8") as fh:
@@ -64,7 +66,8 @@ def _write_task_yamls(d: Path, shared_data: Path) -> list[str]:
             fh.write(json.dumps({"page": pages[int(i)]}) + "\n")
     (d / "wbo_wikitext.yaml").write_text(
         f"include: {lt}/wikitext/wikitext.yaml\ntask: wbo_wikitext\ndataset_path: json\ndataset_name: null\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {d}/wiki_test.jsonl\ntraining_split: null\nvalidation_split: null\n")
+        f"dataset_kwargs:\n  data_files:\n    test: {d}/wiki_test.jsonl\ntraining_split: null\nvalidation_split: null\n"
+    )
     names.append("wbo_wikitext")
     return names
 
@@ -82,8 +85,9 @@ def reference(tmp_path_factory, shared_data, model_and_tok):
         mp.setenv("HF_DATASETS_OFFLINE", "1")
         mp.setenv("HF_HUB_OFFLINE", "1")
         lm = HFLM(pretrained=model, tokenizer=tok, batch_size=256)
-        return lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=TaskManager(include_path=str(d)),
-                                       log_samples=True)
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=names, task_manager=TaskManager(include_path=str(d)), log_samples=True
+        )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +96,9 @@ def ours(shared_data, model_and_tok):
 
     model, tok = model_and_tok
     tasks = [f"blimp_{p}" for p in PARADIGMS] + ["arc_easy", "wikitext"]
-    return evaluate(model, tok, tasks, data_dir=shared_data, batch_size=256, progress=False,
-                    item_ids={"wikitext": WIKI_DOCS})
+    return evaluate(
+        model, tok, tasks, data_dir=shared_data, batch_size=256, progress=False, item_ids={"wikitext": WIKI_DOCS}
+    )
 
 
 def _lls(sample) -> list[float]:
@@ -146,11 +151,17 @@ def test_wikitext_matches_lm_eval(reference, ours):
     items = ours.items.filter(ours.items["task"] == "wikitext").sort("item_id")
     assert items["item_id"].to_list() == list(WIKI_DOCS)
     for s, row in zip(sorted(samples, key=lambda s: int(s["doc_id"])), items.iter_rows(named=True)):
-        ref_ll = float(s["filtered_resps"][0]) if not isinstance(s["filtered_resps"][0], (list, tuple)) \
+        ref_ll = (
+            float(s["filtered_resps"][0])
+            if not isinstance(s["filtered_resps"][0], (list, tuple))
             else float(s["filtered_resps"][0][0])
+        )
         assert row["loglik"] == pytest.approx(ref_ll, rel=LL_TOL)
-        words = s["word_perplexity"][1] if isinstance(s["word_perplexity"], (list, tuple)) \
+        words = (
+            s["word_perplexity"][1]
+            if isinstance(s["word_perplexity"], (list, tuple))
             else ast.literal_eval(s["word_perplexity"])[1]
+        )
         assert row["n_words"] == words
     ref = reference["results"]["wbo_wikitext"]
     for k in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):

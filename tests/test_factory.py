@@ -108,8 +108,11 @@ def test_tokenizer_round_trips_and_adds_bos(tiny_family: Family) -> None:
     tok = AutoTokenizer.from_pretrained(str(tiny_family.trajectory[-1]))
     assert tok("hi").input_ids[0] == tok.bos_token_id
     assert tok.eos_token_id is not None and tok.bos_token_id != tok.eos_token_id
-    for text in ["The jury said it did find that many laws are outmoded.",
-                 "  two  spaces,\ttabs\nand lines\n", "naïve café – ünïcödé ✓ 你好"]:
+    for text in [
+        "The jury said it did find that many laws are outmoded.",
+        "  two  spaces,\ttabs\nand lines\n",
+        "naïve café – ünïcödé ✓ 你好",
+    ]:
         ids = tok(text).input_ids
         assert ids[0] == tok.bos_token_id
         assert tok.decode(ids, skip_special_tokens=True) == text

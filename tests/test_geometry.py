@@ -35,8 +35,18 @@ def test_one_row_per_tensor_with_layer_and_group(trio):
     row = df.filter(pl.col("name") == "model.layers.1.mlp.down_proj.weight").row(0, named=True)
     assert row["layer"] == 1 and row["group"] == "mlp_down" and row["numel"] == 16 * 32
     assert df.filter(pl.col("name") == "model.embed_tokens.weight")["layer"].to_list() == [None]
-    assert set(df["group"]) == {"embed", "attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down",
-                                "norm", "lm_head"}
+    assert set(df["group"]) == {
+        "embed",
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_o",
+        "mlp_gate",
+        "mlp_up",
+        "mlp_down",
+        "norm",
+        "lm_head",
+    }
 
 
 def test_numbers_agree_with_the_merge(trio):

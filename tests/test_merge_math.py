@@ -62,8 +62,9 @@ def test_slerp_half_equals_lerp_over_cos_half_angle():
     theta = _angle(a, b)
     assert torch.allclose(slerp(0.5, a, b), lerp(0.5, a, b) / math.cos(theta / 2), atol=1e-6, rtol=0)
     # the norm factor reported for geometry is the same number
-    assert math.isclose(float(norm_factor(0.5, a.reshape(1, -1), b.reshape(1, -1))), 1 / math.cos(theta / 2),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        float(norm_factor(0.5, a.reshape(1, -1), b.reshape(1, -1))), 1 / math.cos(theta / 2), rel_tol=1e-6
+    )
 
 
 def test_slerp_follows_the_great_circle_for_equal_norms():
@@ -123,8 +124,9 @@ def test_linear_weights_and_normalisation():
 def test_task_vector_methods():
     base, a = _pair(10)
     b = base + 0.1 * torch.randn_like(base)
-    assert torch.allclose(task_arithmetic(base, [a, b], [0.5, 2.0]), base + 0.5 * (a - base) + 2 * (b - base),
-                          atol=1e-5)
+    assert torch.allclose(
+        task_arithmetic(base, [a, b], [0.5, 2.0]), base + 0.5 * (a - base) + 2 * (b - base), atol=1e-5
+    )
     # TIES with one input and full density is the input itself
     assert torch.allclose(ties(base, [a], [1.0]), a, atol=1e-6)
     kept = magnitude_prune(a - base, 0.25)
@@ -165,17 +167,23 @@ def two_models(tmp_path_factory):
 
 def test_gradients_and_filters_resolve_per_tensor(two_models):
     a, b = two_models
-    recipe = load_recipe({
-        "merge_method": "slerp",
-        "base_model": a,
-        "models": [{"model": a}, {"model": b}],
-        "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 1.0]},
-                             {"filter": "mlp", "value": 0.7},
-                             {"value": [0.2, 0.6, 1.0]}]},
-    })
+    recipe = load_recipe(
+        {
+            "merge_method": "slerp",
+            "base_model": a,
+            "models": [{"model": a}, {"model": b}],
+            "parameters": {
+                "t": [
+                    {"filter": "self_attn", "value": [0.0, 1.0]},
+                    {"filter": "mlp", "value": 0.7},
+                    {"value": [0.2, 0.6, 1.0]},
+                ]
+            },
+        }
+    )
     t = {j.name: j.shared["t"] for j in plan_merge(recipe).jobs}
     # 5 layers: layer i sits at position i/4
-    assert [t[f"model.layers.{i}.self_attn.q_proj.weight"] for i in range(5)] == pytest.approx([0, .25, .5, .75, 1])
+    assert [t[f"model.layers.{i}.self_attn.q_proj.weight"] for i in range(5)] == pytest.approx([0, 0.25, 0.5, 0.75, 1])
     assert t["model.layers.3.mlp.down_proj.weight"] == 0.7
     assert t["model.layers.2.input_layernorm.weight"] == pytest.approx(0.6)
     assert t["model.layers.4.input_layernorm.weight"] == pytest.approx(1.0)
@@ -186,11 +194,13 @@ def test_gradients_and_filters_resolve_per_tensor(two_models):
 
 def test_model_parameters_take_precedence(two_models):
     a, b = two_models
-    recipe = load_recipe({
-        "merge_method": "linear",
-        "models": [{"model": a, "parameters": {"weight": 3.0}}, {"model": b}],
-        "parameters": {"weight": [{"filter": "mlp", "value": 0.5}, {"value": 1.0}]},
-    })
+    recipe = load_recipe(
+        {
+            "merge_method": "linear",
+            "models": [{"model": a, "parameters": {"weight": 3.0}}, {"model": b}],
+            "parameters": {"weight": [{"filter": "mlp", "value": 0.5}, {"value": 1.0}]},
+        }
+    )
     jobs = {j.name: j for j in plan_merge(recipe).jobs}
     assert [p["weight"] for p in jobs["model.layers.0.mlp.up_proj.weight"].per_input] == [3.0, 0.5]
     assert [p["weight"] for p in jobs["model.layers.0.self_attn.k_proj.weight"].per_input] == [3.0, 1.0]

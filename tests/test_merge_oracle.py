@@ -42,8 +42,10 @@ def _fill(obj, models):
     if isinstance(obj, list):
         return [_fill(x, models) for x in obj]
     if isinstance(obj, dict):
-        return {k: (_fill(v, models) if k in ("model", "base_model", "models", "slices", "sources") else v)
-                for k, v in obj.items()}
+        return {
+            k: (_fill(v, models) if k in ("model", "base_model", "models", "slices", "sources") else v)
+            for k, v in obj.items()
+        }
     return obj
 
 
@@ -64,8 +66,11 @@ def _mergekit(recipe: dict, out: Path) -> Path:
 RECIPES = {
     "linear": {
         "merge_method": "linear",
-        "models": [{"model": "ft1", "parameters": {"weight": 0.3}}, {"model": "ft2", "parameters": {"weight": 0.7}},
-                   {"model": "ind", "parameters": {"weight": 0.5}}],
+        "models": [
+            {"model": "ft1", "parameters": {"weight": 0.3}},
+            {"model": "ft2", "parameters": {"weight": 0.7}},
+            {"model": "ind", "parameters": {"weight": 0.5}},
+        ],
     },
     "slerp": {
         "merge_method": "slerp",
@@ -77,18 +82,26 @@ RECIPES = {
         "merge_method": "slerp",
         "base_model": "ind",
         "models": [{"model": "base"}, {"model": "ind"}],
-        "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 0.5, 1.0]},
-                             {"filter": "mlp", "value": [1.0, 0.2]},
-                             {"value": 0.6}]},
+        "parameters": {
+            "t": [
+                {"filter": "self_attn", "value": [0.0, 0.5, 1.0]},
+                {"filter": "mlp", "value": [1.0, 0.2]},
+                {"value": 0.6},
+            ]
+        },
     },
     "slerp_slices": {
         "merge_method": "slerp",
         "base_model": "base",
         "slices": [
-            {"sources": [{"model": "base", "layer_range": [0, 2]}, {"model": "ind", "layer_range": [1, 3]}],
-             "parameters": {"t": [0.1, 0.9]}},
-            {"sources": [{"model": "base", "layer_range": [2, 3]}, {"model": "ind", "layer_range": [0, 1]}],
-             "parameters": {"t": [0.3, 0.7]}},
+            {
+                "sources": [{"model": "base", "layer_range": [0, 2]}, {"model": "ind", "layer_range": [1, 3]}],
+                "parameters": {"t": [0.1, 0.9]},
+            },
+            {
+                "sources": [{"model": "base", "layer_range": [2, 3]}, {"model": "ind", "layer_range": [0, 1]}],
+                "parameters": {"t": [0.3, 0.7]},
+            },
         ],
     },
     "slerp_tied": {
@@ -99,8 +112,11 @@ RECIPES = {
     },
     "multislerp": {
         "merge_method": "multislerp",
-        "models": [{"model": "ft1", "parameters": {"weight": 1.0}}, {"model": "ft2", "parameters": {"weight": 2.0}},
-                   {"model": "ind", "parameters": {"weight": 0.5}}],
+        "models": [
+            {"model": "ft1", "parameters": {"weight": 1.0}},
+            {"model": "ft2", "parameters": {"weight": 2.0}},
+            {"model": "ind", "parameters": {"weight": 0.5}},
+        ],
     },
     "multislerp_base": {
         "merge_method": "multislerp",
@@ -120,8 +136,10 @@ RECIPES = {
     "ties": {
         "merge_method": "ties",
         "base_model": "base",
-        "models": [{"model": "ft1", "parameters": {"weight": 1.0, "density": 0.5}},
-                   {"model": "ft2", "parameters": {"weight": 0.8, "density": [0.3, 0.7]}}],
+        "models": [
+            {"model": "ft1", "parameters": {"weight": 1.0, "density": 0.5}},
+            {"model": "ft2", "parameters": {"weight": 0.8, "density": [0.3, 0.7]}},
+        ],
     },
     "dare_linear_density1": {
         "merge_method": "dare_linear",
@@ -159,13 +177,18 @@ def test_matches_mergekit(case, models, tmp_path):
 
 
 def test_dare_is_seeded_and_deterministic(models):
-    recipe = _fill({
-        "merge_method": "dare_ties",
-        "base_model": "base",
-        "models": [{"model": "ft1", "parameters": {"weight": 1.0, "density": 0.5}},
-                   {"model": "ft2", "parameters": {"weight": 1.0, "density": 0.5}}],
-        "parameters": {"seed": 7},
-    }, models)
+    recipe = _fill(
+        {
+            "merge_method": "dare_ties",
+            "base_model": "base",
+            "models": [
+                {"model": "ft1", "parameters": {"weight": 1.0, "density": 0.5}},
+                {"model": "ft2", "parameters": {"weight": 1.0, "density": 0.5}},
+            ],
+            "parameters": {"seed": 7},
+        },
+        models,
+    )
     a, b = merge_in_memory(recipe), merge_in_memory(recipe)
     assert all(torch.equal(a[n], b[n]) for n in a)
     other = copy.deepcopy(recipe)

@@ -18,8 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
@@ -62,8 +67,9 @@ def _toy_notebook(path: Path) -> Path:
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
         params,
-        nbformat.v4.new_code_cell("from workbench import plots\nimport plotly.graph_objects as go\n"
-                                  "plots.setup_offline_html()"),
+        nbformat.v4.new_code_cell(
+            "from workbench import plots\nimport plotly.graph_objects as go\nplots.setup_offline_html()"
+        ),
         nbformat.v4.new_code_cell("print('sum', sum(xs), label)\ngo.Figure(go.Scatter(x=xs, y=xs))"),
         nbformat.v4.new_code_cell("import time\ntime.sleep(nap)\nassert label != 'bad', 'the label is bad'"),
     ]
@@ -127,16 +133,28 @@ def notebook_runs(tiny_family, shared_data: Path, tmp_path_factory) -> dict[str,
     fam = tiny_family
     runs = {
         "layer_angles": {"models": [str(p) for p in [*fam.siblings, fam.independent[0]]]},
-        "merge_explorer": {"models": [str(fam.siblings[0]), str(fam.independent[0])], "subsample": 1,
-                           "t_grid": [0.0, 0.5, 1.0], "data_dir": str(shared_data), "device": "cpu"},
-        "soup_report": {"models": [str(p) for p in fam.trajectory[-3:]], "control": str(fam.annealed),
-                        "tasks": ["blimp", "arc_easy"], "subsample": 1, "t_grid": [0.0, 0.5, 1.0],
-                        "n_resamples": 200, "data_dir": str(shared_data)},
+        "merge_explorer": {
+            "models": [str(fam.siblings[0]), str(fam.independent[0])],
+            "subsample": 1,
+            "t_grid": [0.0, 0.5, 1.0],
+            "data_dir": str(shared_data),
+            "device": "cpu",
+        },
+        "soup_report": {
+            "models": [str(p) for p in fam.trajectory[-3:]],
+            "control": str(fam.annealed),
+            "tasks": ["blimp", "arc_easy"],
+            "subsample": 1,
+            "t_grid": [0.0, 0.5, 1.0],
+            "n_resamples": 200,
+            "data_dir": str(shared_data),
+        },
     }
     out = {}
     for name, params in runs.items():
-        res = run_notebook(REPO / "notebooks" / f"{name}.ipynb", root / name, parameters=params, timeout=600,
-                           progress=False)
+        res = run_notebook(
+            REPO / "notebooks" / f"{name}.ipynb", root / name, parameters=params, timeout=600, progress=False
+        )
         _no_errors(res.notebook)
         out[name] = res.html
     return out
@@ -153,8 +171,10 @@ def test_notebook_executes_on_tiny_family(notebook_runs: dict[str, Path], name: 
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                                  "(run `make browser` or `apt-get install chromium`)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's chromium is not installed at /usr/bin/chromium (run `make browser` or `apt-get install chromium`)",
+)
 def test_shared_html_draws_its_plots_offline(notebook_runs: dict[str, Path]) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -175,11 +195,12 @@ def test_shared_html_draws_its_plots_offline(notebook_runs: dict[str, Path]) -> 
             for name, html in notebook_runs.items():
                 page = ctx.new_page()
                 errors: list[str] = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
                 page.goto(html.as_uri())
                 expected = html.read_text().count("Plotly.newPlot(")
-                page.wait_for_function(f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}",
-                                       timeout=60_000)
+                page.wait_for_function(
+                    f"() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= {expected}", timeout=60_000
+                )
                 plots = page.locator(".js-plotly-plot").count()
                 assert plots >= expected, (name, plots, expected)
                 if name in ("merge_explorer", "soup_report"):

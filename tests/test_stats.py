@@ -416,12 +416,15 @@ def test_barrier_ci_sees_a_bump_and_not_a_flat_path():
         barrier_ci(ts, flat[:, :3])
 
 
-@pytest.mark.parametrize("kwargs, ts, message", [
-    ({"weights": -np.ones(10)}, [0, 0.5, 1], "weights"),
-    ({"weights": np.ones(3)}, [0, 0.5, 1], "weights"),
-    ({"confidence": 1.5}, [0, 0.5, 1], "confidence"),
-    ({}, [0.5, 0.5, 0.5], "no width"),
-])
+@pytest.mark.parametrize(
+    "kwargs, ts, message",
+    [
+        ({"weights": -np.ones(10)}, [0, 0.5, 1], "weights"),
+        ({"weights": np.ones(3)}, [0, 0.5, 1], "weights"),
+        ({"confidence": 1.5}, [0, 0.5, 1], "confidence"),
+        ({}, [0.5, 0.5, 0.5], "no width"),
+    ],
+)
 def test_barrier_ci_checks_its_inputs_like_paired_bootstrap(kwargs, ts, message):
     from workbench.stats import barrier_ci
 

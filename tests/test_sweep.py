@@ -27,8 +27,14 @@ PY = sys.executable
 
 
 def _spec(**over):
-    base = dict(ingredients={"a": "/m/a", "b": "/m/b", "c": "/m/c"}, method="slerp", models=["a", "b"],
-                parameters={"t": 0.5}, axes={"t": [0.0, 0.5, 1.0]}, tasks=["blimp"])
+    base = dict(
+        ingredients={"a": "/m/a", "b": "/m/b", "c": "/m/c"},
+        method="slerp",
+        models=["a", "b"],
+        parameters={"t": 0.5},
+        axes={"t": [0.0, 0.5, 1.0]},
+        tasks=["blimp"],
+    )
     base.update(over)
     return SweepSpec(**base)
 
@@ -60,10 +66,23 @@ def test_zip_mode_pairs_axes():
 
 
 def test_slice_base_models_are_ingredients_too():
-    spec = load_sweep({"ingredients": {"a": "/m/a", "b": "/m/b"}, "tasks": "blimp", "axes": {"t": [0.5]},
-                       "recipe": {"merge_method": "slerp", "parameters": {"t": 0.5}, "slices": [
-                           {"base_model": "a", "sources": [{"model": "a", "layer_range": [0, 2]},
-                                                           {"model": "b", "layer_range": [0, 2]}]}]}})
+    spec = load_sweep(
+        {
+            "ingredients": {"a": "/m/a", "b": "/m/b"},
+            "tasks": "blimp",
+            "axes": {"t": [0.5]},
+            "recipe": {
+                "merge_method": "slerp",
+                "parameters": {"t": 0.5},
+                "slices": [
+                    {
+                        "base_model": "a",
+                        "sources": [{"model": "a", "layer_range": [0, 2]}, {"model": "b", "layer_range": [0, 2]}],
+                    }
+                ],
+            },
+        }
+    )
     assert expand(spec)[0].recipe["slices"][0]["base_model"] == "/m/a"
     spec.recipe["slices"][0]["base_model"] = "zz"
     with pytest.raises(WorkbenchError, match="'zz' is not an ingredient"):
@@ -71,11 +90,28 @@ def test_slice_base_models_are_ingredients_too():
 
 
 def test_recipe_file_relative_to_sweep_file(tmp_path):
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(
-        {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1.0}}, {"model": "b", "parameters": {"weight": 1.0}}]}))
+    (tmp_path / "recipe.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "linear",
+                "models": [
+                    {"model": "a", "parameters": {"weight": 1.0}},
+                    {"model": "b", "parameters": {"weight": 1.0}},
+                ],
+            }
+        )
+    )
     (tmp_path / "a").mkdir()
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(
-        {"ingredients": {"a": "a", "b": "b"}, "recipe": "recipe.yaml", "axes": {"models": ["a+b", ["b"]]}, "tasks": "blimp,arc_easy"}))
+    (tmp_path / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "ingredients": {"a": "a", "b": "b"},
+                "recipe": "recipe.yaml",
+                "axes": {"models": ["a+b", ["b"]]},
+                "tasks": "blimp,arc_easy",
+            }
+        )
+    )
     spec = load_sweep(tmp_path / "sweep.yaml")
     assert spec.tasks == ["blimp", "arc_easy"]
     points = expand(spec)
@@ -193,10 +229,26 @@ def ray_cluster():
         log = temp / f"start-{attempt}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
-                [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                 "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=false", "--no-monitor",
-                 f"--ray-client-server-port={client_port}", f"--dashboard-port={dash_port}", f"--temp-dir={temp}"],
-                stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                [
+                    str(ray_bin),
+                    "start",
+                    "--head",
+                    "--block",
+                    "--node-ip-address=127.0.0.1",
+                    f"--port={port}",
+                    "--num-cpus=2",
+                    "--disable-usage-stats",
+                    "--include-dashboard=false",
+                    "--no-monitor",
+                    f"--ray-client-server-port={client_port}",
+                    f"--dashboard-port={dash_port}",
+                    f"--temp-dir={temp}",
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and proc.poll() is None:
             if b"Ray runtime started" in log.read_bytes():
@@ -233,8 +285,14 @@ def test_t_sweep_same_numbers_local_and_ray(family, shared_data, ray_cluster, tm
 
     sweep = _write_sweep(tmp_path / "sweep.yaml", family, shared_data, ts=[0.0, 0.5, 1.0])
     local = run_sweep(sweep, tmp_path / "local", store=ResultStore(tmp_path / "cache-local"), progress=False)
-    remote = run_sweep(sweep, tmp_path / "ray", backend="ray", ray_address=ray_cluster,
-                       store=ResultStore(tmp_path / "cache-ray"), progress=False)
+    remote = run_sweep(
+        sweep,
+        tmp_path / "ray",
+        backend="ray",
+        ray_address=ray_cluster,
+        store=ResultStore(tmp_path / "cache-ray"),
+        progress=False,
+    )
     assert sorted(local.computed) == sorted(remote.computed) == [0, 1, 2]
     assert {row["backend"] for row in remote.log} == {"ray"}
     # ingredients are opened once per Ray worker process, not once per point
@@ -245,7 +303,9 @@ def test_t_sweep_same_numbers_local_and_ray(family, shared_data, ray_cluster, tm
 
     a, b = local.table, remote.table
     assert a.height == b.height > 0
-    assert a.select("point", "t", "task", "metric", "fingerprint").equals(b.select("point", "t", "task", "metric", "fingerprint"))
+    assert a.select("point", "t", "task", "metric", "fingerprint").equals(
+        b.select("point", "t", "task", "metric", "fingerprint")
+    )
     acc = a.filter((a["task"] == "blimp") & (a["metric"] == "acc,none"))
     assert acc.height == 3 and acc["value"].is_not_null().all()
     assert a.filter(a["task"] == "blimp_adjunct_island")["parent"].unique().to_list() == ["blimp"]
@@ -262,25 +322,49 @@ def test_t_sweep_same_numbers_local_and_ray(family, shared_data, ray_cluster, tm
     assert set(b.columns) >= {"point", "t", "task", "metric", "value", "stderr"}
 
     # the Ray backend reads the cache the local backend filled: nothing to compute
-    again = run_sweep(sweep, None, backend="ray", ray_address=ray_cluster, store=ResultStore(tmp_path / "cache-local"),
-                      progress=False)
+    again = run_sweep(
+        sweep, None, backend="ray", ray_address=ray_cluster, store=ResultStore(tmp_path / "cache-local"), progress=False
+    )
     assert again.computed == [] and again.table.equals(a)
 
 
 def test_unreachable_ray_address_fails_fast(family, shared_data, tmp_path):
     sweep = _write_sweep(tmp_path / "sweep.yaml", family, shared_data, ts=[0.5])
     (port,) = _free_ports(1)  # nothing listens there
-    res = _cli("sweep", str(sweep), "--out", str(tmp_path / "out"), "--backend", "ray",
-               "--ray-address", f"127.0.0.1:{port}", "--cache", str(tmp_path / "cache"), timeout=120)
+    res = _cli(
+        "sweep",
+        str(sweep),
+        "--out",
+        str(tmp_path / "out"),
+        "--backend",
+        "ray",
+        "--ray-address",
+        f"127.0.0.1:{port}",
+        "--cache",
+        str(tmp_path / "cache"),
+        timeout=120,
+    )
     assert res.returncode == 2, res.stderr
     assert "nothing answers" in res.stderr and f"127.0.0.1:{port}" in res.stderr
     # a port that accepts TCP but never speaks Ray: the bounded wait gives up
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        res = _cli("sweep", str(sweep), "--out", str(tmp_path / "out"), "--backend", "ray",
-                   "--ray-address", f"127.0.0.1:{silent.getsockname()[1]}", "--ray-timeout", "5",
-                   "--cache", str(tmp_path / "cache"), timeout=120)
+        res = _cli(
+            "sweep",
+            str(sweep),
+            "--out",
+            str(tmp_path / "out"),
+            "--backend",
+            "ray",
+            "--ray-address",
+            f"127.0.0.1:{silent.getsockname()[1]}",
+            "--ray-timeout",
+            "5",
+            "--cache",
+            str(tmp_path / "cache"),
+            timeout=120,
+        )
     assert res.returncode == 2, res.stderr
     assert "error: Ray address" in res.stderr
     assert not (tmp_path / "out").exists()
@@ -292,8 +376,10 @@ def _count_cached(sweep: Path, cache: Path) -> dict[int, bool]:
 
     the_plan = plan(load_sweep(sweep))
     store = ResultStore(cache)
-    return {p.index: all(store.get(the_plan.keys[(p.index, t)]) is not None for t in the_plan.spec.tasks)
-            for p in the_plan.points}
+    return {
+        p.index: all(store.get(the_plan.keys[(p.index, t)]) is not None for t in the_plan.spec.tasks)
+        for p in the_plan.points
+    }
 
 
 def test_sigkill_midway_then_resume(family, shared_data, tmp_path):
@@ -301,8 +387,12 @@ def test_sigkill_midway_then_resume(family, shared_data, tmp_path):
     sweep = _write_sweep(tmp_path / "sweep.yaml", family, shared_data, ts=ts)
     cache, out = tmp_path / "cache", tmp_path / "out"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([PY, "-m", "workbench.cli", "sweep", str(sweep), "--out", str(out), "--cache", str(cache)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [PY, "-m", "workbench.cli", "sweep", str(sweep), "--out", str(out), "--cache", str(cache)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -351,7 +441,9 @@ def test_sigkill_midway_then_resume(family, shared_data, tmp_path):
     assert items.group_by("point").len().sort("point")["len"].to_list() == [134] * len(ts)
 
     # the same sweep from scratch gives the same table
-    fresh = _cli("sweep", str(sweep), "--out", str(tmp_path / "fresh"), "--cache", str(tmp_path / "cache2"), timeout=300)
+    fresh = _cli(
+        "sweep", str(sweep), "--out", str(tmp_path / "fresh"), "--cache", str(tmp_path / "cache2"), timeout=300
+    )
     assert fresh.returncode == 0, fresh.stderr
     assert pl.read_parquet(tmp_path / "fresh" / "results.parquet").equals(table)
 
@@ -372,8 +464,13 @@ def test_bad_inputs_fail_before_any_work(family, shared_data, tmp_path):
     cfg = json.loads((other / "config.json").read_text())
     cfg["intermediate_size"] = cfg["intermediate_size"] * 2
     (other / "config.json").write_text(json.dumps(cfg))
-    sweep = _write_sweep(tmp_path / "arch.yaml", family, shared_data, ts=[0.0, 0.5],
-                         ingredients={"early": str(family.trajectory[0]), "late": str(other)})
+    sweep = _write_sweep(
+        tmp_path / "arch.yaml",
+        family,
+        shared_data,
+        ts=[0.0, 0.5],
+        ingredients={"early": str(family.trajectory[0]), "late": str(other)},
+    )
     res = _cli("sweep", str(sweep), "--out", str(tmp_path / "o3"), "--cache", str(cache))
     assert res.returncode == 2 and "different architectures" in res.stderr and "intermediate_size" in res.stderr
 

@@ -13,8 +13,14 @@ from workbench.widgets import ExplorerSession, MergeExplorer, notebook_models, t
 
 @pytest.fixture(scope="module")
 def session(tiny_family, shared_data: Path) -> ExplorerSession:
-    return ExplorerSession([tiny_family.siblings[0], tiny_family.independent[0]], tasks=["blimp"], limit=1,
-                           seed=0, device="cpu", data_dir=shared_data)
+    return ExplorerSession(
+        [tiny_family.siblings[0], tiny_family.independent[0]],
+        tasks=["blimp"],
+        limit=1,
+        seed=0,
+        device="cpu",
+        data_dir=shared_data,
+    )
 
 
 def _state(fig) -> list:

@@ -28,7 +28,6 @@ transformers lazily: the merge path never needs it.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -93,9 +92,7 @@ class Checkpoint:
         self._files = files  # tensor name -> SafetensorsFile or a dict from a .bin
         self._fingerprint: str | None = None
         embed = next((e for e in EMBED_CANDIDATES if e in files), None)
-        self.tied: bool = LM_HEAD not in files and embed is not None and bool(
-            config.get("tie_word_embeddings", True)
-        )
+        self.tied: bool = LM_HEAD not in files and embed is not None and bool(config.get("tie_word_embeddings", True))
         self._alias = {LM_HEAD: embed} if self.tied else {}
         self._names = list(files) + ([LM_HEAD] if self.tied else [])
 
@@ -193,7 +190,6 @@ def stat_key(ck: Checkpoint) -> tuple:
     sources = {id(src): src for src in ck._files.values()}.values()  # one entry per file, not per tensor
     files = sorted({str(src.path if isinstance(src, SafetensorsFile) else src["__path__"]) for src in sources})
     return tuple((f, st.st_size, st.st_mtime_ns) for f in files for st in (os.stat(f),))
-
 
 
 def _read_json(path: Path) -> dict:
@@ -448,7 +444,10 @@ def model_from_state_dict(
 @contextlib.contextmanager
 def _no_init():
     ctx = None
-    for mod, attr in (("transformers.initialization", "no_init_weights"), ("transformers.modeling_utils", "no_init_weights")):
+    for mod, attr in (
+        ("transformers.initialization", "no_init_weights"),
+        ("transformers.modeling_utils", "no_init_weights"),
+    ):
         try:
             ctx = getattr(__import__(mod, fromlist=[attr]), attr)
             break
@@ -462,32 +461,3 @@ def _no_init():
 
 
 # ----------------------------------------------------------------------------------------
-# temporary re-exports (removed once importers move)
-# Names that moved out of this module, resolved lazily (workbench.testing imports this
-# module, so an eager import here would be circular). Import them from their owners.
-_MOVED = {
-    "check_output_dir": "workbench.io.atomic",
-    "write_bytes_atomic": "workbench.io.atomic",
-    "write_text_atomic": "workbench.io.atomic",
-    "atomic_output_dir": "workbench.io.atomic",
-    "SafetensorsWriter": "workbench.io.safetensors",
-    "write_safetensors": "workbench.io.safetensors",
-    "SAFE_SINGLE": "workbench.io.safetensors",
-    "SAFE_INDEX": "workbench.io.safetensors",
-    "LM_HEAD": "workbench.naming",
-    "EMBED_CANDIDATES": "workbench.naming",
-    "layer_index": "workbench.naming",
-    "layer_template": "workbench.naming",
-    "resolve_device": "workbench.devices",
-    "llama_config": "workbench.testing",
-    "llama_shapes": "workbench.testing",
-    "write_random_llama": "workbench.testing",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """A name that moved out of this module, from its new owner (see ``_MOVED``)."""
-    owner = _MOVED.get(name)
-    if owner is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(owner), name)

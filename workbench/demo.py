@@ -52,8 +52,9 @@ def reuse_family(family_dir: str | os.PathLike, preset: str) -> Any:
     return family if same else None
 
 
-def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
-                    subsample: int | None = DEMO_SUBSAMPLE) -> dict[str, dict[str, Any]]:
+def demo_parameters(
+    family: Any, data_dir: Path | None, device: str | None, subsample: int | None = DEMO_SUBSAMPLE
+) -> dict[str, dict[str, Any]]:
     """Notebook name -> papermill parameters for a family (see the module docstring)."""
     from workbench.devices import resolve_device
 
@@ -67,10 +68,12 @@ def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
         "soup_report": {
             "models": [str(p) for p in family.trajectory],
             "control": str(family.annealed) if family.annealed is not None else None,
-            "tasks": [*DEMO_TASKS, text_task(family.heldout)], "t_grid": DEMO_T_GRID,
+            "tasks": [*DEMO_TASKS, text_task(family.heldout)],
+            "t_grid": DEMO_T_GRID,
             "subsample": None if subsample is None else {task: subsample for task in DEMO_TASKS},
             "seed": 0,
-            "device": resolve_device(device), "data_dir": dd,
+            "device": resolve_device(device),
+            "data_dir": dd,
         },
         "layer_angles": {"models": [str(p) for p in angle_models], "t": 0.5},
     }
@@ -78,7 +81,8 @@ def demo_parameters(family: Any, data_dir: Path | None, device: str | None,
 
 def _index_html(entries: list[tuple[str, str, str]], took_s: float) -> str:
     rows = "\n".join(
-        f'<li><a href="{html.escape(f)}">{html.escape(title)}</a>: {html.escape(text)}</li>' for f, title, text in entries
+        f'<li><a href="{html.escape(f)}">{html.escape(title)}</a>: {html.escape(text)}</li>'
+        for f, title, text in entries
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>workbench demo</title></head>"
@@ -121,9 +125,12 @@ def run_demo(
                 shutil.move(str(tmp / f".{name}" / f.name), str(tmp / f.name))
             shutil.rmtree(tmp / f".{name}")
         entries = [
-            ("soup_report.html", "Soup report",
-             "is the uniform soup of the trajectory checkpoints better? baselines, paired statistics, "
-             "interpolation curve, verdict"),
+            (
+                "soup_report.html",
+                "Soup report",
+                "is the uniform soup of the trajectory checkpoints better? baselines, paired statistics, "
+                "interpolation curve, verdict",
+            ),
             ("layer_angles.html", "Layer angles", "angles, norms, SLERP norm factor and fallback share, per layer"),
         ]
         (tmp / "index.html").write_text(_index_html(entries, time.perf_counter() - start), encoding="utf-8")

@@ -83,9 +83,7 @@ def parse_param_pairs(args: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def collect_parameters(
-    pairs: Sequence[tuple[str, str]] = (), params_file: str | Path | None = None
-) -> dict[str, Any]:
+def collect_parameters(pairs: Sequence[tuple[str, str]] = (), params_file: str | Path | None = None) -> dict[str, Any]:
     """Merge ``-f PARAMS.yaml`` (first) and ``-p NAME VALUE`` pairs (they win).
 
     >>> collect_parameters([("t_grid", "[0, 0.5, 1]"), ("seed", "1")])
@@ -253,9 +251,7 @@ def run_notebook(
     unknown = sorted(set(params) - set(declared))
     if unknown:
         known = ", ".join(declared) or "none"
-        raise WorkbenchError(
-            f"{path}: unknown parameter(s) {', '.join(unknown)}; the notebook declares: {known}"
-        )
+        raise WorkbenchError(f"{path}: unknown parameter(s) {', '.join(unknown)}; the notebook declares: {known}")
     stem = path.stem
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
@@ -282,9 +278,7 @@ def run_notebook(
             ) from None
         except CellTimeoutError as err:
             label = _timed_out_cell(str(err), out_nb)
-            raise WorkbenchError(
-                f"{path}: {label} timed out after {timeout} s (raise --timeout)"
-            ) from err
+            raise WorkbenchError(f"{path}: {label} timed out after {timeout} s (raise --timeout)") from err
         except (RuntimeError, OSError) as err:
             if "kernel" in str(err).lower():
                 raise WorkbenchError(f"{path}: the kernel failed: {err}") from err

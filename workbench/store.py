@@ -78,8 +78,8 @@ class ResultStore:
             if not raw.startswith(_MAGIC):
                 raise ValueError("bad magic")
             nl = raw.index(b"\n", len(_MAGIC))
-            header = json.loads(raw[len(_MAGIC):nl])
-            payload = raw[nl + 1:]
+            header = json.loads(raw[len(_MAGIC) : nl])
+            payload = raw[nl + 1 :]
             if header.get("key") != key or header.get("payload_bytes") != len(payload):
                 raise ValueError("length or key mismatch")
             if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
@@ -97,8 +97,13 @@ class ResultStore:
         buf = io.BytesIO()
         result.items.write_parquet(buf)
         payload = buf.getvalue()
-        header = {"key": key, "summary": result.summary, "settings": result.settings,
-                  "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
+        header = {
+            "key": key,
+            "summary": result.summary,
+            "settings": result.settings,
+            "payload_bytes": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        }
         blob = _MAGIC + canonical_json(header).encode() + b"\n" + payload
         p = self.path(key)
         write_bytes_atomic(p, blob)

@@ -187,8 +187,17 @@ class ExplorerSession:
         self.evaluations = 0
         self._lock = threading.Lock()
         self.labels = [short_label(m) for m in self.models]
-        first = evaluate(self.model, self.tokenizer, self.tasks, data_dir=data_dir, limit=limit, seed=self.seed,
-                         device=self.device, batch_size=batch_size, progress=False)
+        first = evaluate(
+            self.model,
+            self.tokenizer,
+            self.tasks,
+            data_dir=data_dir,
+            limit=limit,
+            seed=self.seed,
+            device=self.device,
+            batch_size=batch_size,
+            progress=False,
+        )
         split = dev_test_split(first.items, seed=self.seed, dev_fraction=dev_fraction)
         dev = split.filter(pl.col("split") == "dev")
         if dev.height == 0:
@@ -221,12 +230,22 @@ class ExplorerSession:
 
         t0 = time.perf_counter()
         # BLiMP records and token encodings are memoised by workbench.eval, so each call only scores
-        res = evaluate(self.model, self.tokenizer, self.tasks, data_dir=self.data_dir, item_ids=self.item_ids,
-                       seed=self.seed, device=self.device, batch_size=self.batch_size, progress=False)
+        res = evaluate(
+            self.model,
+            self.tokenizer,
+            self.tasks,
+            data_dir=self.data_dir,
+            item_ids=self.item_ids,
+            seed=self.seed,
+            device=self.device,
+            batch_size=self.batch_size,
+            progress=False,
+        )
         self.evaluations += 1
         metrics = {task: primary_metric(task, res.summary) for task in self.tasks}
-        return PointResult(method, t, t_attn, t_mlp, metrics, field_accuracy(res.items), merge_s,
-                           time.perf_counter() - t0, res.summary)
+        return PointResult(
+            method, t, t_attn, t_mlp, metrics, field_accuracy(res.items), merge_s, time.perf_counter() - t0, res.summary
+        )
 
     def point(self, method: str, t: float, t_attn: float | None = None, t_mlp: float | None = None) -> PointResult:
         """Merge one setting in memory, load it into the session's model and evaluate it."""
@@ -236,8 +255,9 @@ class ExplorerSession:
 
         with self._lock:
             t0 = time.perf_counter()
-            state = merge_in_memory(self.recipe(method, t, t_attn, t_mlp), device=self.device,
-                                    checkpoints=self.checkpoints)
+            state = merge_in_memory(
+                self.recipe(method, t, t_attn, t_mlp), device=self.device, checkpoints=self.checkpoints
+            )
             with torch.no_grad():
                 self.model.load_state_dict(state, strict=False)
             self.merges += 1
@@ -249,8 +269,9 @@ class ExplorerSession:
         (the interpolation's endpoints are the ingredients, for every method)."""
         if t in (0.0, 1.0):
             base = self.baselines[int(t)]
-            return PointResult(method, float(t), None, None, dict(base.metrics), dict(base.fields), 0.0, 0.0,
-                               base.summary)
+            return PointResult(
+                method, float(t), None, None, dict(base.metrics), dict(base.fields), 0.0, 0.0, base.summary
+            )
         return self.point(method, t)
 
     def deltas(self, point: PointResult) -> dict[str, list[float | None]]:
@@ -287,9 +308,12 @@ class ExplorerSession:
                     deltas["ingredient"].append(label)
                     deltas["field"].append(f)
                     deltas["delta"].append(d)
-        return (pl.DataFrame(curve, schema={"t": pl.Float64, "task": pl.Utf8, "value": pl.Float64}),
-                pl.DataFrame(deltas, schema={"t": pl.Float64, "ingredient": pl.Utf8, "field": pl.Utf8,
-                                             "delta": pl.Float64}))
+        return (
+            pl.DataFrame(curve, schema={"t": pl.Float64, "task": pl.Utf8, "value": pl.Float64}),
+            pl.DataFrame(
+                deltas, schema={"t": pl.Float64, "ingredient": pl.Utf8, "field": pl.Utf8, "delta": pl.Float64}
+            ),
+        )
 
 
 @dataclass
@@ -336,24 +360,29 @@ class MergeExplorer:
         self.curves: dict[str, dict[float, PointResult]] = {}
         self.error: str | None = None
 
-        self.t_slider = w.FloatSlider(value=t, min=0.0, max=1.0, step=0.05, description="t",
-                                      continuous_update=True, readout_format=".2f")
+        self.t_slider = w.FloatSlider(
+            value=t, min=0.0, max=1.0, step=0.05, description="t", continuous_update=True, readout_format=".2f"
+        )
         self.per_group = w.Checkbox(value=False, description="separate attention / MLP t")
-        self.attn_slider = w.FloatSlider(value=t, min=0.0, max=1.0, step=0.05, description="attention t",
-                                         disabled=True, readout_format=".2f")
-        self.mlp_slider = w.FloatSlider(value=t, min=0.0, max=1.0, step=0.05, description="MLP t",
-                                        disabled=True, readout_format=".2f")
+        self.attn_slider = w.FloatSlider(
+            value=t, min=0.0, max=1.0, step=0.05, description="attention t", disabled=True, readout_format=".2f"
+        )
+        self.mlp_slider = w.FloatSlider(
+            value=t, min=0.0, max=1.0, step=0.05, description="MLP t", disabled=True, readout_format=".2f"
+        )
         self.method = w.Dropdown(options=list(METHODS), value=method, description="method")
         self.readout = w.HTML(value="<i>starting...</i>")
         self.figure = go.FigureWidget(explorer_figure(session.tasks, session.labels, session.fields))
-        for trace in self.figure.data[2 * len(session.tasks):]:
+        for trace in self.figure.data[2 * len(session.tasks) :]:
             trace.x = list(session.fields)
-        self.widget = w.VBox([
-            w.HBox([self.method, self.t_slider]),
-            w.HBox([self.per_group, self.attn_slider, self.mlp_slider]),
-            self.readout,
-            self.figure,
-        ])
+        self.widget = w.VBox(
+            [
+                w.HBox([self.method, self.t_slider]),
+                w.HBox([self.per_group, self.attn_slider, self.mlp_slider]),
+                self.readout,
+                self.figure,
+            ]
+        )
 
         self._cond = threading.Condition()
         self._pending: _Request | None = None
@@ -390,8 +419,12 @@ class MergeExplorer:
     def settings(self) -> tuple[str, float, float | None, float | None]:
         """(method, t, attention t or None, MLP t or None) as the widgets show them now."""
         if self.per_group.value:
-            return self.method.value, float(self.t_slider.value), float(self.attn_slider.value), float(
-                self.mlp_slider.value)
+            return (
+                self.method.value,
+                float(self.t_slider.value),
+                float(self.attn_slider.value),
+                float(self.mlp_slider.value),
+            )
         return self.method.value, float(self.t_slider.value), None, None
 
     def request(self) -> None:

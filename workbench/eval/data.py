@@ -33,40 +33,78 @@ from workbench.io.datadir import DATA_DIR_HINT as _HINT
 
 #: The 67 BLiMP paradigms (UIDs), in the order of the published data set.
 BLIMP_PARADIGMS: tuple[str, ...] = (
-    "adjunct_island", "anaphor_gender_agreement", "anaphor_number_agreement",
-    "animate_subject_passive", "animate_subject_trans", "causative", "complex_NP_island",
+    "adjunct_island",
+    "anaphor_gender_agreement",
+    "anaphor_number_agreement",
+    "animate_subject_passive",
+    "animate_subject_trans",
+    "causative",
+    "complex_NP_island",
     "coordinate_structure_constraint_complex_left_branch",
-    "coordinate_structure_constraint_object_extraction", "determiner_noun_agreement_1",
-    "determiner_noun_agreement_2", "determiner_noun_agreement_irregular_1",
-    "determiner_noun_agreement_irregular_2", "determiner_noun_agreement_with_adj_2",
+    "coordinate_structure_constraint_object_extraction",
+    "determiner_noun_agreement_1",
+    "determiner_noun_agreement_2",
+    "determiner_noun_agreement_irregular_1",
+    "determiner_noun_agreement_irregular_2",
+    "determiner_noun_agreement_with_adj_2",
     "determiner_noun_agreement_with_adj_irregular_1",
     "determiner_noun_agreement_with_adj_irregular_2",
-    "determiner_noun_agreement_with_adjective_1", "distractor_agreement_relational_noun",
-    "distractor_agreement_relative_clause", "drop_argument", "ellipsis_n_bar_1",
-    "ellipsis_n_bar_2", "existential_there_object_raising", "existential_there_quantifiers_1",
-    "existential_there_quantifiers_2", "existential_there_subject_raising",
-    "expletive_it_object_raising", "inchoative", "intransitive",
-    "irregular_past_participle_adjectives", "irregular_past_participle_verbs",
-    "irregular_plural_subject_verb_agreement_1", "irregular_plural_subject_verb_agreement_2",
-    "left_branch_island_echo_question", "left_branch_island_simple_question",
-    "matrix_question_npi_licensor_present", "npi_present_1", "npi_present_2",
-    "only_npi_licensor_present", "only_npi_scope", "passive_1", "passive_2",
-    "principle_A_c_command", "principle_A_case_1", "principle_A_case_2",
-    "principle_A_domain_1", "principle_A_domain_2", "principle_A_domain_3",
-    "principle_A_reconstruction", "regular_plural_subject_verb_agreement_1",
-    "regular_plural_subject_verb_agreement_2", "sentential_negation_npi_licensor_present",
-    "sentential_negation_npi_scope", "sentential_subject_island", "superlative_quantifiers_1",
-    "superlative_quantifiers_2", "tough_vs_raising_1", "tough_vs_raising_2", "transitive",
-    "wh_island", "wh_questions_object_gap", "wh_questions_subject_gap",
-    "wh_questions_subject_gap_long_distance", "wh_vs_that_no_gap",
-    "wh_vs_that_no_gap_long_distance", "wh_vs_that_with_gap",
+    "determiner_noun_agreement_with_adjective_1",
+    "distractor_agreement_relational_noun",
+    "distractor_agreement_relative_clause",
+    "drop_argument",
+    "ellipsis_n_bar_1",
+    "ellipsis_n_bar_2",
+    "existential_there_object_raising",
+    "existential_there_quantifiers_1",
+    "existential_there_quantifiers_2",
+    "existential_there_subject_raising",
+    "expletive_it_object_raising",
+    "inchoative",
+    "intransitive",
+    "irregular_past_participle_adjectives",
+    "irregular_past_participle_verbs",
+    "irregular_plural_subject_verb_agreement_1",
+    "irregular_plural_subject_verb_agreement_2",
+    "left_branch_island_echo_question",
+    "left_branch_island_simple_question",
+    "matrix_question_npi_licensor_present",
+    "npi_present_1",
+    "npi_present_2",
+    "only_npi_licensor_present",
+    "only_npi_scope",
+    "passive_1",
+    "passive_2",
+    "principle_A_c_command",
+    "principle_A_case_1",
+    "principle_A_case_2",
+    "principle_A_domain_1",
+    "principle_A_domain_2",
+    "principle_A_domain_3",
+    "principle_A_reconstruction",
+    "regular_plural_subject_verb_agreement_1",
+    "regular_plural_subject_verb_agreement_2",
+    "sentential_negation_npi_licensor_present",
+    "sentential_negation_npi_scope",
+    "sentential_subject_island",
+    "superlative_quantifiers_1",
+    "superlative_quantifiers_2",
+    "tough_vs_raising_1",
+    "tough_vs_raising_2",
+    "transitive",
+    "wh_island",
+    "wh_questions_object_gap",
+    "wh_questions_subject_gap",
+    "wh_questions_subject_gap_long_distance",
+    "wh_vs_that_no_gap",
+    "wh_vs_that_no_gap_long_distance",
+    "wh_vs_that_with_gap",
     "wh_vs_that_with_gap_long_distance",
 )
 
 BLIMP_FIELDS = ("sentence_good", "sentence_bad", "field", "linguistics_term", "UID", "pairID")
 ARC_SPLITS = {"train": "Train", "validation": "Dev", "test": "Test"}
 WIKITEXT_SPLITS = {"validation": "valid.txt", "test": "test.txt"}
-
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -108,8 +146,7 @@ def _hub_dataset(path: str, name: str | None, split: str):  # pragma: no cover -
         import datasets
     except ImportError:
         raise WorkbenchError(
-            f"reading {path} from the Hub needs the `datasets` package (pip install 'workbench[hub]'); "
-            f"or {_HINT}"
+            f"reading {path} from the Hub needs the `datasets` package (pip install 'workbench[hub]'); or {_HINT}"
         ) from None
     try:
         return datasets.load_dataset(path, name, split=split)
@@ -221,8 +258,12 @@ def _arc_from_ai2(rec: dict, where: str) -> dict:
         texts = [str(c["text"]) for c in q["choices"]]
     except (KeyError, TypeError):
         raise WorkbenchError(f"{where}: each choice needs 'label' and 'text'") from None
-    return {"id": str(rec["id"]), "question": str(q["stem"]),
-            "choices": {"text": texts, "label": labels}, "answerKey": str(rec["answerKey"])}
+    return {
+        "id": str(rec["id"]),
+        "question": str(q["stem"]),
+        "choices": {"text": texts, "label": labels},
+        "answerKey": str(rec["answerKey"]),
+    }
 
 
 def arc_gold_index(labels: list[str], answer_key: str) -> int:
@@ -257,10 +298,14 @@ def load_arc_easy(data_dir: Path | None, split: str = "validation") -> list[dict
         where = str(path)
     else:  # pragma: no cover - needs the Hub
         for rec in _hub_dataset("allenai/ai2_arc", "ARC-Easy", split):
-            out.append({"id": str(rec["id"]), "question": rec["question"],
-                        "choices": {"text": list(rec["choices"]["text"]),
-                                    "label": list(rec["choices"]["label"])},
-                        "answerKey": str(rec["answerKey"])})
+            out.append(
+                {
+                    "id": str(rec["id"]),
+                    "question": rec["question"],
+                    "choices": {"text": list(rec["choices"]["text"]), "label": list(rec["choices"]["label"])},
+                    "answerKey": str(rec["answerKey"]),
+                }
+            )
         where = "allenai/ai2_arc:ARC-Easy"
     for i, rec in enumerate(out):
         try:

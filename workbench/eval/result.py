@@ -69,7 +69,9 @@ class EvalResult:
 
     def summary_json(self) -> str:
         """The summary and settings as canonical JSON text (sorted keys)."""
-        return json.dumps(json_safe({"summary": self.summary, "settings": self.settings}), indent=2, sort_keys=True) + "\n"
+        return (
+            json.dumps(json_safe({"summary": self.summary, "settings": self.settings}), indent=2, sort_keys=True) + "\n"
+        )
 
     def write(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``items.parquet`` and ``summary.json`` into ``out_dir`` atomically

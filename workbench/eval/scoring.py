@@ -243,8 +243,11 @@ class _Forward:
         mask.masked_fill_(~allowed, torch.finfo(self.mask_dtype).min)
         positions = depth_t.masked_fill(depth_t >= length, 0)  # padding nodes: any valid position
         self.n_tokens += ids.size
-        out = self.model(input_ids=torch.from_numpy(ids).to(self.dev), attention_mask=mask[:, None].to(self.dev),
-                         position_ids=positions.to(self.dev))
+        out = self.model(
+            input_ids=torch.from_numpy(ids).to(self.dev),
+            attention_mask=mask[:, None].to(self.dev),
+            position_ids=positions.to(self.dev),
+        )
         lp = self._logprobs(out)
         index = [torch.from_numpy(x).to(lp.device) for x in (b_idx, n_idx, t_idx)]
         picked = lp[index[0], index[1], index[2]].cpu().numpy()
@@ -300,8 +303,11 @@ def _unique_sequences(
 
 
 def _continuation_loglik(
-    keys: Sequence[tuple[int, ...]], req_seq: np.ndarray, cont_len: np.ndarray,
-    token_lp: Mapping[int, np.ndarray], host: Mapping[int, int],
+    keys: Sequence[tuple[int, ...]],
+    req_seq: np.ndarray,
+    cont_len: np.ndarray,
+    token_lp: Mapping[int, np.ndarray],
+    host: Mapping[int, int],
 ) -> np.ndarray:
     """Each request's continuation log-likelihood from the per-sequence token log-probs (a
     sequence that is a prefix of another reads its host's row)."""
@@ -349,8 +355,9 @@ def score_requests(
     if sharing:
         short = [k for k in range(len(keys)) if len(keys[k]) - 1 <= PACKED_ROW_NODES]
         planned = plan_prefix_trees([keys[k][:-1] for k in short], PACKED_ROW_NODES)
-        rows = [PackedRow(r.tokens, r.depth, [(short[i], p) for i, p in r.members]) for r in planned
-                if len(r.members) > 1]
+        rows = [
+            PackedRow(r.tokens, r.depth, [(short[i], p) for i, p in r.members]) for r in planned if len(r.members) > 1
+        ]
         sharing = bool(rows)
     in_rows = {i for r in rows for i, _ in r.members}
     host, hosts = _plain_plan(keys, [k for k in range(len(keys)) if k not in in_rows])
@@ -377,8 +384,14 @@ def score_requests(
 
     loglik = _continuation_loglik(keys, req_seq, cont_len, token_lp, host)
     n_run = len(hosts) + (len(in_rows) if sharing else 0)
-    return ScoreResult(loglik=loglik, n_tokens=cont_len, truncated=truncated, n_forward_sequences=n_run,
-                       prefix_sharing=sharing, n_forward_tokens=fwd.n_tokens)
+    return ScoreResult(
+        loglik=loglik,
+        n_tokens=cont_len,
+        truncated=truncated,
+        n_forward_sequences=n_run,
+        prefix_sharing=sharing,
+        n_forward_tokens=fwd.n_tokens,
+    )
 
 
 def _sharing_wanted(model: torch.nn.Module, share_prefixes: bool | None) -> bool:
@@ -401,8 +414,15 @@ def _run_plain(fwd: _Forward, hosts: list[int], keys, batch_size: int, token_lp:
         tick(len(chunk))
 
 
-def _run_packed(fwd: _Forward, rows: list[PackedRow], keys, batch_size: int, share_prefixes: bool | None,
-                token_lp: dict, tick: Callable) -> bool:
+def _run_packed(
+    fwd: _Forward,
+    rows: list[PackedRow],
+    keys,
+    batch_size: int,
+    share_prefixes: bool | None,
+    token_lp: dict,
+    tick: Callable,
+) -> bool:
     """Score the packed rows; ``False`` when the first batch disagrees with the plain path (auto mode)."""
     rows = sorted(rows, key=lambda r: -len(r.tokens))
     budget = batch_size * PACKED_TOKENS_PER_SEQUENCE
@@ -422,10 +442,13 @@ def _run_packed(fwd: _Forward, rows: list[PackedRow], keys, batch_size: int, sha
                     raise WorkbenchError(
                         f"prefix sharing changes this model's log-probabilities by up to {worst:.3g} "
                         "(the model ignores position_ids or custom 4-D attention masks); "
-                        "run with prefix sharing off")
-                warnings.warn(f"prefix sharing switched off: it changed this model's log-probabilities by up to "
-                              f"{worst:.3g} (the model ignores position_ids or custom 4-D attention masks)",
-                              stacklevel=3)
+                        "run with prefix sharing off"
+                    )
+                warnings.warn(
+                    f"prefix sharing switched off: it changed this model's log-probabilities by up to "
+                    f"{worst:.3g} (the model ignores position_ids or custom 4-D attention masks)",
+                    stacklevel=3,
+                )
                 return False
         token_lp.update(got)
         tick(sum(len(r.members) for r in batch))

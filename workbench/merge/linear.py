@@ -13,7 +13,7 @@ tensor([0.7500, 0.7500, 0.7500])
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -45,7 +45,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -68,8 +68,8 @@ __all__ = [
     "simple_recipe",
 ]
 
-Scalar = Union[bool, int, float, str]
-ScalarOrGradient = Union[Scalar, list[Scalar]]
+Scalar = bool | int | float | str
+ScalarOrGradient = Scalar | list[Scalar]
 
 
 class ConditionalParameter(BaseModel):
@@ -77,11 +77,11 @@ class ConditionalParameter(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     value: ScalarOrGradient
-    filter: Optional[str] = None
+    filter: str | None = None
 
 
-ParameterSetting = Union[ConditionalParameter, list[ConditionalParameter], ScalarOrGradient]
-Parameters = Optional[dict[str, ParameterSetting]]
+ParameterSetting = ConditionalParameter | list[ConditionalParameter] | ScalarOrGradient
+Parameters = dict[str, ParameterSetting] | None
 
 
 class InputModel(BaseModel):
@@ -103,7 +103,7 @@ class OutputSlice(BaseModel):
     """An entry of ``slices:``: sources with the same number of layers, merged layer by layer."""
 
     sources: list[InputSlice]
-    base_model: Optional[str] = None
+    base_model: str | None = None
     parameters: Parameters = None
 
 
@@ -122,13 +122,13 @@ class MergeRecipe(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     merge_method: str
-    models: Optional[list[InputModel]] = None
-    slices: Optional[list[OutputSlice]] = None
-    base_model: Optional[str] = None
+    models: list[InputModel] | None = None
+    slices: list[OutputSlice] | None = None
+    base_model: str | None = None
     parameters: Parameters = None
-    dtype: Optional[str] = None
-    out_dtype: Optional[str] = None
-    tokenizer_source: Optional[str] = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
 
     @field_validator("models", mode="before")
     @classmethod
@@ -197,7 +197,7 @@ class MethodSpec:
 
     base: Literal["required", "optional", "ignored"] = "ignored"
     min_inputs: int = 1
-    max_inputs: Optional[int] = None
+    max_inputs: int | None = None
     shared: dict[str, Any] = field(default_factory=dict)
     per_input: dict[str, Any] = field(default_factory=dict)
     scope: Literal["input", "non_base"] = "non_base"
@@ -206,28 +206,54 @@ class MethodSpec:
 
 REQUIRED = object()
 _GTA = dict(int8_mask=False, normalize=False, rescale=False, **{"lambda": 1.0})
-_GTA_TYPES = dict(int8_mask=bool, normalize=bool, rescale=bool, weight=float, density=float, seed=int, **{"lambda": float})
+_GTA_TYPES = dict(
+    int8_mask=bool, normalize=bool, rescale=bool, weight=float, density=float, seed=int, **{"lambda": float}
+)
 
 METHODS: dict[str, MethodSpec] = {
-    "linear": MethodSpec(shared=dict(normalize=True), per_input=dict(weight=REQUIRED), scope="input",
-                         types=dict(normalize=bool, weight=float)),
+    "linear": MethodSpec(
+        shared=dict(normalize=True),
+        per_input=dict(weight=REQUIRED),
+        scope="input",
+        types=dict(normalize=bool, weight=float),
+    ),
     "lerp": MethodSpec(base="required", min_inputs=2, max_inputs=2, shared=dict(t=REQUIRED), types=dict(t=float)),
     "slerp": MethodSpec(base="required", min_inputs=2, max_inputs=2, shared=dict(t=REQUIRED), types=dict(t=float)),
-    "lerp_norm_restore": MethodSpec(base="required", min_inputs=2, max_inputs=2, shared=dict(t=REQUIRED),
-                                    types=dict(t=float)),
+    "lerp_norm_restore": MethodSpec(
+        base="required", min_inputs=2, max_inputs=2, shared=dict(t=REQUIRED), types=dict(t=float)
+    ),
     "chained_slerp": MethodSpec(base="required", min_inputs=2, per_input=dict(t=None), types=dict(t=float)),
-    "multislerp": MethodSpec(base="optional", shared=dict(normalize_weights=True, eps=1e-8),
-                             per_input=dict(weight=REQUIRED), types=dict(normalize_weights=bool, eps=float, weight=float)),
+    "multislerp": MethodSpec(
+        base="optional",
+        shared=dict(normalize_weights=True, eps=1e-8),
+        per_input=dict(weight=REQUIRED),
+        types=dict(normalize_weights=bool, eps=float, weight=float),
+    ),
     "karcher": MethodSpec(shared=dict(max_iter=10, tol=1e-5), types=dict(max_iter=int, tol=float)),
-    "task_arithmetic": MethodSpec(base="required", shared=dict(_GTA), per_input=dict(weight=REQUIRED, density=1.0),
-                                  types=_GTA_TYPES),
-    "ties": MethodSpec(base="required", shared={**_GTA, "normalize": True}, per_input=dict(weight=REQUIRED, density=1.0),
-                       types=_GTA_TYPES),
-    "dare_linear": MethodSpec(base="required", shared={**_GTA, "rescale": True, "seed": 0},
-                              per_input=dict(weight=REQUIRED, density=1.0), types=_GTA_TYPES),
-    "dare_ties": MethodSpec(base="required", shared={**_GTA, "rescale": True, "seed": 0},
-                            per_input=dict(weight=REQUIRED, density=1.0), types=_GTA_TYPES),
-    "model_stock": MethodSpec(base="required", min_inputs=3, shared=dict(filter_wise=False), types=dict(filter_wise=bool)),
+    "task_arithmetic": MethodSpec(
+        base="required", shared=dict(_GTA), per_input=dict(weight=REQUIRED, density=1.0), types=_GTA_TYPES
+    ),
+    "ties": MethodSpec(
+        base="required",
+        shared={**_GTA, "normalize": True},
+        per_input=dict(weight=REQUIRED, density=1.0),
+        types=_GTA_TYPES,
+    ),
+    "dare_linear": MethodSpec(
+        base="required",
+        shared={**_GTA, "rescale": True, "seed": 0},
+        per_input=dict(weight=REQUIRED, density=1.0),
+        types=_GTA_TYPES,
+    ),
+    "dare_ties": MethodSpec(
+        base="required",
+        shared={**_GTA, "rescale": True, "seed": 0},
+        per_input=dict(weight=REQUIRED, density=1.0),
+        types=_GTA_TYPES,
+    ),
+    "model_stock": MethodSpec(
+        base="required", min_inputs=3, shared=dict(filter_wise=False), types=dict(filter_wise=bool)
+    ),
 }
 
 #: methods whose ``t`` must lie in [0, 1] unless extrapolation is asked for
@@ -325,8 +351,9 @@ def model_refs(data: Any) -> list[str]:
         seen.setdefault(ref, None)
         return ref
 
-    map_model_refs({k: v for k, v in data.items() if k != "tokenizer_source"} if isinstance(data, Mapping) else data,
-                   note)
+    map_model_refs(
+        {k: v for k, v in data.items() if k != "tokenizer_source"} if isinstance(data, Mapping) else data, note
+    )
     return list(seen)
 
 

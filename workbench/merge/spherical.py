@@ -190,8 +190,10 @@ def slerp(
 
 def _norm_factor(t: torch.Tensor, g: SlerpGeometry) -> torch.Tensor:
     ca, cb = slerp_coefficients(t, g)
-    dot = g.cos * torch.where(g.norm_a > EPS, g.norm_a, torch.ones_like(g.norm_a)) * torch.where(
-        g.norm_b > EPS, g.norm_b, torch.ones_like(g.norm_b)
+    dot = (
+        g.cos
+        * torch.where(g.norm_a > EPS, g.norm_a, torch.ones_like(g.norm_a))
+        * torch.where(g.norm_b > EPS, g.norm_b, torch.ones_like(g.norm_b))
     )
     s2 = ca * ca * g.norm_a**2 + cb * cb * g.norm_b**2 + 2 * ca * cb * dot
     l2 = (1 - t) ** 2 * g.norm_a**2 + t * t * g.norm_b**2 + 2 * (1 - t) * t * dot

@@ -87,7 +87,9 @@ def random_prune(
     """
     if density >= 1:
         return delta
-    mask = torch.bernoulli(torch.full(delta.shape, float(density), dtype=torch.float32, device=delta.device), generator=generator)
+    mask = torch.bernoulli(
+        torch.full(delta.shape, float(density), dtype=torch.float32, device=delta.device), generator=generator
+    )
     kept = delta * mask.to(delta.dtype)
     return _rescale_l1(delta, kept) if rescale else kept
 
@@ -196,8 +198,15 @@ def ties(
     tensor([2., 2.])
     """
     return generalized_task_arithmetic(
-        base, tensors, weights, density=density, sparsify="magnitude", consensus=consensus,
-        normalize=normalize, rescale=rescale, lambda_=lambda_,
+        base,
+        tensors,
+        weights,
+        density=density,
+        sparsify="magnitude",
+        consensus=consensus,
+        normalize=normalize,
+        rescale=rescale,
+        lambda_=lambda_,
     )
 
 
@@ -228,6 +237,14 @@ def dare(
     if generator is None:
         generator = torch.Generator(device=base.device).manual_seed(int(seed))
     return generalized_task_arithmetic(
-        base, tensors, weights, density=density, sparsify="random", consensus=consensus,
-        normalize=normalize, rescale=rescale, lambda_=lambda_, generator=generator,
+        base,
+        tensors,
+        weights,
+        density=density,
+        sparsify="random",
+        consensus=consensus,
+        normalize=normalize,
+        rescale=rescale,
+        lambda_=lambda_,
+        generator=generator,
     )
