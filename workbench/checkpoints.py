@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.fingerprints import tensor_bytes, tensor_digest
+from workbench.hub import download_snapshot, looks_like_hub_id
 from workbench.io.atomic import atomic_output_dir
 from workbench.io.safetensors import SAFE_INDEX, SAFE_SINGLE, SafetensorsFile, SafetensorsWriter
 from workbench.naming import EMBED_CANDIDATES, LM_HEAD, layer_index
@@ -204,26 +204,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _looks_like_hub_id(s: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", s)) and not s.startswith((".", "/"))
-
-
-def _download(hub_id: str, revision: str | None, allow_bin: bool) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - optional dependency
-        raise WorkbenchError(
-            f"{hub_id}: not a local directory and huggingface_hub is not installed (pip install workbench[hub])"
-        ) from None
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
-    if allow_bin:
-        patterns.append("*.bin")
-    try:
-        return Path(snapshot_download(hub_id, revision=revision, allow_patterns=patterns))
-    except Exception as err:  # network, auth, unknown repo
-        raise WorkbenchError(f"{hub_id}: not a local directory and Hub download failed ({err})") from None
-
-
 def open_checkpoint(
     path_or_hub_id: str | os.PathLike | Checkpoint,
     *,
@@ -241,8 +221,8 @@ def open_checkpoint(
     source = str(path_or_hub_id)
     path = Path(path_or_hub_id).expanduser()
     if not path.exists():
-        if _looks_like_hub_id(source):
-            path = _download(source, revision, allow_bin)
+        if looks_like_hub_id(source):
+            path = download_snapshot(source, revision, allow_bin=allow_bin)
         else:
             raise WorkbenchError(f"{path}: no such model directory")
     if path.is_file():

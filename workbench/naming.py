@@ -20,6 +20,7 @@ __all__ = [
     "LM_HEAD",
     "layer_index",
     "layer_template",
+    "stack_position",
     "tensor_group",
 ]
 
@@ -30,6 +31,11 @@ EMBED_CANDIDATES = ("model.embed_tokens.weight", "transformer.wte.weight", "embe
 
 #: The layer stack: a block container name followed by the layer index.
 LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+
+#: Tensors outside the layer stack that sit before it (embeddings); the others sit after it
+#: (final norm, ``lm_head``). With ``slices:``, the first slice's sources give the former,
+#: the last slice's the latter.
+INPUT_SIDE_PATTERN = re.compile(r"(embed|wte|wpe|word_embeddings)")
 
 #: Tensor groups, in display order; ``other`` takes whatever no rule matches.
 GROUPS = ("embed", "attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down", "norm", "lm_head", "other")
@@ -83,3 +89,15 @@ def tensor_group(name: str) -> str:
         if pattern.search(name):
             return group
     return "other"
+
+
+def stack_position(name: str) -> str:
+    """Where a tensor sits relative to the layer stack: ``"input"``, ``"layer"`` or ``"output"``.
+
+    >>> [stack_position(n) for n in ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight",
+    ...                              "model.norm.weight", "lm_head.weight")]
+    ['input', 'layer', 'output', 'output']
+    """
+    if LAYER_PATTERN.search(name):
+        return "layer"
+    return "input" if INPUT_SIDE_PATTERN.search(name) and name != LM_HEAD else "output"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +32,11 @@ from workbench.merge.recipe import (
     map_model_refs,
     resolve_setting,
 )
-from workbench.naming import LM_HEAD, layer_template
+from workbench.naming import LM_HEAD, layer_template, stack_position
 
 __all__ = ["MergePlan", "TensorJob", "plan_merge", "recipe_fingerprint"]
 
 DTYPE_NAMES = {name: getattr(torch, name) for name in DTYPES}  # the recipe's dtype names, as torch dtypes
-_PRE_RE = re.compile(r"(embed|wte|wpe|word_embeddings)")
 
 
 @dataclass
@@ -114,11 +112,12 @@ def _split_names(names: list[str]) -> tuple[list[str], list[str], list[str]]:
     pre: list[str] = []
     post: list[str] = []
     for n in names:
-        tp = layer_template(n)
-        if tp is not None:
+        where = stack_position(n)
+        if where == "layer":
+            tp = layer_template(n)
             if tp not in templates:
                 templates.append(tp)
-        elif _PRE_RE.search(n) and n != LM_HEAD:
+        elif where == "input":
             pre.append(n)
         else:
             post.append(n)
