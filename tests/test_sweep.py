@@ -498,3 +498,34 @@ def test_cache_keys_follow_the_data_content(family, shared_data, tmp_path):
     first.write_text("\n".join(first.read_text().splitlines()[:-1]) + "\n")  # drop one pair
     edited = plan(load_sweep(_write_sweep(tmp_path / "edited.yaml", family, copy, ts=[0.5]))).keys
     assert edited != keys["copy"]
+
+
+@pytest.mark.slow
+def test_cli_ray_backend_without_address_starts_a_loopback_cluster(family, shared_data, tmp_path):
+    """The path users run: `workbench sweep --backend ray` with no address starts Ray here and
+    gives the numbers the local backend gives (no fixture-started cluster involved)."""
+    import polars as pl
+
+    sweep = _write_sweep(tmp_path / "sweep.yaml", family, shared_data, ts=[0.0, 1.0])
+    local = _cli("sweep", str(sweep), "--out", str(tmp_path / "local"), "--cache", str(tmp_path / "c1"), timeout=300)
+    assert local.returncode == 0, local.stderr
+    res = _cli(
+        "sweep",
+        str(sweep),
+        "--out",
+        str(tmp_path / "ray"),
+        "--backend",
+        "ray",
+        "--cache",
+        str(tmp_path / "c2"),
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "2 points: 2 computed" in res.stdout
+    log = [json.loads(line) for line in (tmp_path / "ray" / "log.jsonl").read_text().splitlines()]
+    assert {row["backend"] for row in log} == {"ray"}
+    a = pl.read_parquet(tmp_path / "local" / "results.parquet")
+    b = pl.read_parquet(tmp_path / "ray" / "results.parquet")
+    assert a.select("point", "task", "metric", "fingerprint").equals(b.select("point", "task", "metric", "fingerprint"))
+    for va, vb in zip(a["value"].to_list(), b["value"].to_list()):
+        assert va == pytest.approx(vb, rel=1e-9, abs=1e-12)

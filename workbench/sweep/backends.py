@@ -7,6 +7,7 @@ memory and evaluates it with this process's cache of opened ingredients and toke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -160,9 +161,10 @@ def connect_ray(address: str | None = None, *, timeout: float = 60.0, num_cpus: 
     """Connect to the Ray cluster at ``address`` (or start one on this machine when None).
 
     Returns True when this call initialised Ray (the caller then shuts it down), False when
-    Ray was already initialised. An address where nothing answers raises
-    :class:`WorkbenchError` after at most ``timeout`` seconds (a TCP probe first, then the
-    connection itself in a watched thread), never hangs.
+    Ray was already initialised. A cluster started here listens on loopback only. An address
+    where nothing answers raises :class:`WorkbenchError` after at most ``timeout`` seconds (a
+    TCP probe first, then the connection itself in a watched thread), never hangs; any other
+    Ray failure is one WorkbenchError too.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
@@ -172,30 +174,64 @@ def connect_ray(address: str | None = None, *, timeout: float = 60.0, num_cpus: 
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": "ERROR"}
-    if address:
-        probe_ray_address(address, min(5.0, timeout))
-        kwargs["address"] = address
-    else:
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+    if not address:
+        # Started from the calling thread: a cluster that ray.init starts from a helper thread
+        # loses its GCS connection under load ("Failed to connect to GCS within 60 seconds",
+        # then the process exits), and starting one has its own timeouts.
+        try:
+            with _loopback_only():
+                ray.init(include_dashboard=False, num_cpus=num_cpus, **kwargs)
+        except Exception as err:
+            raise WorkbenchError(f"Ray: cannot start a local cluster ({type(err).__name__}: {err})") from None
+        return True
+    probe_ray_address(address, min(5.0, timeout))
     box: dict[str, BaseException] = {}
 
     def init() -> None:
         try:
-            ray.init(**kwargs)
+            ray.init(address=address, **kwargs)
         except BaseException as err:  # reported to the caller below
             box["error"] = err
 
+    # connecting to a cluster may hang (a port that accepts TCP but is not Ray): a watched thread
     thread = threading.Thread(target=init, name="ray-init", daemon=True)
     thread.start()
     thread.join(timeout)
-    where = address or "a new local cluster"
     if thread.is_alive():
-        hint = " (is it a Ray head node? a cluster with token authentication also needs RAY_AUTH_MODE=token here)"
-        raise WorkbenchError(f"Ray address {where}: no answer within {timeout:.0f} s{hint if address else ''}")
+        raise WorkbenchError(
+            f"Ray address {address}: no answer within {timeout:.0f} s (is it a Ray head node? a cluster "
+            "with token authentication also needs RAY_AUTH_MODE=token here)"
+        )
     if "error" in box:
         err = box["error"]
-        raise WorkbenchError(f"Ray address {where}: cannot connect ({type(err).__name__}: {err})")
+        raise WorkbenchError(f"Ray address {address}: cannot connect ({type(err).__name__}: {err})")
     return True
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """While a local cluster starts: make it listen on 127.0.0.1 only.
+
+    Ray binds a new local cluster to the host's outward address, which need not route back to
+    this machine. Its own switch for a loopback-only cluster is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+    read from the environment by the GCS, raylet and worker processes it starts, and from
+    ``ray_constants`` by this process. Both are restored afterwards, so a later connection to a
+    remote cluster from this process uses its real address again.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    saved_env, saved_flag = os.environ.get(key), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved_env
 
 
 def _remote_point(job: Job) -> PointOutcome:
