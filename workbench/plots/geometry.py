@@ -10,6 +10,7 @@ from plotly.subplots import make_subplots
 
 from workbench.labels import short_label
 from workbench.naming import GROUPS as GROUP_ORDER  # display order of tensor groups
+from workbench.naming import INPUT_GROUPS
 
 
 def _groups_present(groups: Sequence[str]) -> list[str]:
@@ -31,12 +32,9 @@ def _layer_grid(angles: pl.DataFrame, value: str) -> tuple[list[str], list[str],
     groups = _groups_present(agg["group"].to_list())
     layers = sorted({int(x) for x in df["layer"].drop_nulls().to_list()})
     rows = [f"layer {i}" for i in layers]
-    extra = [
-        g
-        for g in ("embed", "norm", "lm_head", "other")
-        if g in set(df.filter(pl.col("layer").is_null())["group"].to_list())
-    ]
-    rows = [r for r in extra if r == "embed"] + rows + [r for r in extra if r != "embed"]
+    # tensors outside the stack: one row per group, input-side groups above the layers
+    extra = _groups_present(df.filter(pl.col("layer").is_null())["group"].to_list())
+    rows = [r for r in extra if r in INPUT_GROUPS] + rows + [r for r in extra if r not in INPUT_GROUPS]
     lookup = {(r, g): v for r, g, v in agg.select("_row", "group", "v").iter_rows()}
     z = [[lookup.get((r, g)) for g in groups] for r in rows]
     return rows, groups, z
@@ -46,7 +44,9 @@ def angles_heatmap(angles: pl.DataFrame, *, value: str = "angle_deg", title: str
     """Heatmap: layers (rows) x tensor groups (columns) of ``value`` (numel-weighted mean).
 
     ``angles`` is a :func:`workbench.geometry.tensor_angles` table. Tensors outside the
-    layer stack (embeddings, final norm, lm_head) get a row of their own.
+    layer stack get one row per group (embeddings above the layers; final norm, heads,
+    lm_head and unclassified ``other`` tensors below). Columns follow
+    :data:`workbench.naming.GROUPS`.
 
     >>> df = pl.DataFrame({"name": ["a", "b", "c"], "layer": [0, 1, None], "group": ["attn_q", "attn_q", "embed"],
     ...                    "numel": [4, 4, 8], "angle_deg": [10.0, 20.0, 5.0]})
