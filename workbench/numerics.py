@@ -36,7 +36,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 
-__all__ = ["BLOCK", "CHUNK", "abs_sum", "dot", "gram", "nonfinite_kind", "norm", "sum"]
+__all__ = ["BLOCK", "CHUNK", "abs_sum", "cross", "dot", "gram", "nonfinite_kind", "norm", "sum"]
 
 #: elements whose float32 products are summed before the float64 accumulation (blocked Gram
 #: products): short enough that a block's rounding stays a few float32 roundings, long enough
@@ -126,7 +126,7 @@ def _as64(v: torch.Tensor, bufs: _Buffers, key: str) -> torch.Tensor:
     return out
 
 
-def _cross(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``[B, M, N] x [B, P, N] -> [B, M, P]`` inner products of rows, float64 (see module doc).
 
     Blocked: each step's whole blocks go through one float32 batched product, the trailing
@@ -170,10 +170,10 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() == 2:
         u = x.unsqueeze(0)
-        return _cross(u, u)[0]
+        return cross(u, u)[0]
     if x.dim() != 3:
         raise WorkbenchError(f"gram: expected a [M, N] or [B, M, N] tensor, got shape {tuple(x.shape)}")
-    return _cross(x, x)
+    return cross(x, x)
 
 
 def _as_row(x: torch.Tensor) -> torch.Tensor:
@@ -192,7 +192,7 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             f"dot: a has shape {tuple(a.shape)} but b has shape {tuple(b.shape)} (element counts differ)"
         )
     ra = _as_row(a)
-    return _cross(ra, ra if b is a else _as_row(b))[0, 0, 0]
+    return cross(ra, ra if b is a else _as_row(b))[0, 0, 0]
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +203,7 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     tensor(5., dtype=torch.float64)
     """
     r = _as_row(x)
-    return _cross(r, r)[0, 0, 0].sqrt()
+    return cross(r, r)[0, 0, 0].sqrt()
 
 
 def _fold(x: torch.Tensor, absolute: bool) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Command-line interface: ``workbench merge | angles | eval | train | compare | sweep | run | demo``.
+"""Command-line interface: ``workbench merge | angles | align | eval | train | compare | sweep | run | demo``.
 
 One module per group of commands; importing this package registers them all on :data:`app`, in
 the order below (which is the order of ``workbench --help``). Adding a command = a function in
@@ -12,7 +12,7 @@ import importlib
 from workbench.cli.app import app, main, user_errors
 
 #: command modules, in the order their commands appear in ``workbench --help``
-COMMAND_MODULES = ("merging", "evaluation", "training", "claim", "experiments", "notebooks")
+COMMAND_MODULES = ("merging", "alignment", "evaluation", "training", "claim", "experiments", "notebooks")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"workbench.cli.{_name}")
 
