@@ -10,7 +10,7 @@ Two layers, so that the logic is testable without a browser:
   the device), loads it into the model in place and evaluates it
   (:func:`workbench.eval.evaluate`, same items), returning timings.
 - :class:`MergeExplorer` (ipywidgets): a ``t`` slider, attention / MLP sliders (per-group t,
-  enabled by a checkbox), a method dropdown (lerp, slerp, lerp_norm_restore), a
+  enabled by a checkbox), a method dropdown (the registry's interpolation methods), a
   ``plotly.graph_objects.FigureWidget`` (metric vs t over the grid with the current point;
   per-field BLiMP deltas vs each ingredient) and a latency readout. Widget callbacks only
   record the requested setting; one worker thread computes, latest value wins, after a
@@ -39,31 +39,34 @@ from workbench.errors import WorkbenchError
 from workbench.eval.tasks import primary_metric as task_primary_metric
 from workbench.eval.tasks import task_spec
 from workbench.labels import short_label
+from workbench.merge.registry import DEFAULT, INTERPOLATION, method_with, methods_with
+from workbench.naming import group_t_setting
 
 #: Methods the explorer offers (two models, base + t).
-METHODS = ("slerp", "lerp", "lerp_norm_restore")
-#: Tensor-name filters of the per-group sliders (Llama naming).
-ATTN_FILTER = "self_attn"
-MLP_FILTER = "mlp"
+METHODS = tuple(m.name for m in methods_with(INTERPOLATION))
 
 
-def t_parameter(t: float, t_attn: float | None = None, t_mlp: float | None = None) -> float | list[dict[str, Any]]:
+def t_parameter(
+    t: float, t_attn: float | None = None, t_mlp: float | None = None, *, model_type: str | None = None
+) -> float | list[dict[str, Any]]:
     """The recipe's ``t``: a float, or a mergekit filter list when a group has its own t.
+
+    The attention / MLP filters are the architecture's (:func:`workbench.naming.t_filters`;
+    Llama naming when ``model_type`` is None).
 
     >>> t_parameter(0.5)
     0.5
     >>> t_parameter(0.5, 0.2, 0.8)
     [{'filter': 'self_attn', 'value': 0.2}, {'filter': 'mlp', 'value': 0.8}, {'value': 0.5}]
+    >>> t_parameter(0.5, 0.2, None, model_type="gpt_neox")
+    [{'filter': '.attention.', 'value': 0.2}, {'value': 0.5}]
     """
-    if t_attn is None and t_mlp is None:
-        return float(t)
-    out: list[dict[str, Any]] = []
-    if t_attn is not None:
-        out.append({"filter": ATTN_FILTER, "value": float(t_attn)})
-    if t_mlp is not None:
-        out.append({"filter": MLP_FILTER, "value": float(t_mlp)})
-    out.append({"value": float(t)})
-    return out
+    return group_t_setting(
+        float(t),
+        attention=None if t_attn is None else float(t_attn),
+        mlp=None if t_mlp is None else float(t_mlp),
+        model_type=model_type,
+    )
 
 
 def field_accuracy(items: pl.DataFrame) -> dict[str, float]:
@@ -223,7 +226,8 @@ class ExplorerSession:
 
         if method not in METHODS:
             raise WorkbenchError(f"explorer method must be one of {', '.join(METHODS)}, got {method!r}")
-        return simple_recipe(method, self.models, t=t_parameter(t, t_attn, t_mlp))
+        model_type = self.checkpoints[self.models[0]].config.get("model_type")
+        return simple_recipe(method, self.models, t=t_parameter(t, t_attn, t_mlp, model_type=model_type))
 
     def _evaluate(self, method: str, t: float, t_attn, t_mlp, *, merge_s: float) -> PointResult:
         from workbench.eval import evaluate
@@ -339,7 +343,7 @@ class MergeExplorer:
         session: ExplorerSession,
         *,
         t_grid: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
-        method: str = "slerp",
+        method: str | None = None,
         t: float = 0.5,
         debounce_s: float = 0.15,
         background: bool = True,
@@ -349,6 +353,7 @@ class MergeExplorer:
 
         from workbench.plots import explorer_figure
 
+        method = method or method_with(DEFAULT).name
         if method not in METHODS:
             raise WorkbenchError(f"explorer method must be one of {', '.join(METHODS)}, got {method!r}")
         self.session = session

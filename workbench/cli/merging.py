@@ -13,7 +13,17 @@ from workbench.errors import WorkbenchError
 # --- merge: run a mergekit-style recipe into a model directory ----------------------------
 
 
-@app.command("merge")
+def _merge_help() -> str:
+    from workbench.merge.registry import method_help
+
+    lines = method_help().splitlines()
+    return (
+        "Merge checkpoints as RECIPE says and write a Hugging Face model directory to OUT_DIR.\n\n"
+        "Methods (merge_method; * marks a required parameter):\n\n" + "\n\n".join(f"- {ln}" for ln in lines)
+    )
+
+
+@app.command("merge", help=_merge_help())
 @user_errors
 def merge_command(
     recipe: Annotated[Path, typer.Argument(help="Merge recipe (mergekit YAML).")],
@@ -24,12 +34,23 @@ def merge_command(
         bool, typer.Option("--allow-nonfinite", help="Merge even if an input holds NaN/Inf.")
     ] = False,
     allow_extrapolation: Annotated[bool, typer.Option("--allow-extrapolation", help="Allow t outside [0, 1].")] = False,
+    random_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--random-seed",
+            help="Draw random masks (dare, della, arcee_fusion) from mergekit's stream seeded so: "
+            "the masks of mergekit-yaml --random-seed.",
+        ),
+    ] = None,
 ) -> None:
     """Merge checkpoints as RECIPE says and write a Hugging Face model directory to OUT_DIR."""
     from workbench.merge import load_recipe, merge_to_disk
 
+    rec = load_recipe(recipe)
+    if random_seed is not None:
+        rec = load_recipe({**rec.model_dump(mode="json", exclude_none=True), "random_seed": random_seed})
     out = merge_to_disk(
-        load_recipe(recipe),
+        rec,
         out_dir,
         device=device,
         overwrite=overwrite,
@@ -51,15 +72,22 @@ def angles_command(
     out: Annotated[Path | None, typer.Option("--out", help="Write the table to FILE.parquet or FILE.csv.")] = None,
     t: Annotated[float, typer.Option("--t", help="Interpolation point for the SLERP/LERP norm factor.")] = 0.5,
 ) -> None:
-    """Per-tensor norms, cosine, angle and SLERP norm factor between MODEL_A and MODEL_B."""
+    """Per-tensor norms, cosine, angle and SLERP norm factor between MODEL_A and MODEL_B.
+
+    Tensors the architecture table does not know are kept (group ``other``) and listed once by name.
+    """
     import io
 
-    from workbench.geometry import tensor_angles
+    from workbench.geometry import tensor_angles, unclassified_tensors
     from workbench.io.atomic import write_bytes_atomic
+    from workbench.naming import GROUPS
 
     if out is not None and out.suffix.lower() not in (".parquet", ".csv"):
         raise WorkbenchError(f"{out}: --out must end in .parquet or .csv")
     df = tensor_angles(model_a, model_b, t=t, progress=True)
+    unknown = unclassified_tensors(df)
+    if unknown:
+        typer.echo(f"unclassified tensors (group 'other', {len(unknown)}): {', '.join(unknown)}")
     if out is None:
         import polars as pl
 
@@ -71,7 +99,7 @@ def angles_command(
                 pl.col("norm_factor").mean().alias("mean_norm_factor"),
                 pl.col("fallback").sum().alias("fallbacks"),
             )
-            .sort("group")
+            .sort(pl.col("group").replace_strict(GROUPS, range(len(GROUPS)), default=len(GROUPS)))
         )
         with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
             typer.echo(str(summary))

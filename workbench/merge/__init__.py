@@ -1,19 +1,22 @@
-"""Merging: recipes (mergekit YAML), pure tensor math, in-memory and streaming execution.
+"""Merging: recipes (mergekit YAML), the method registry, pure tensor math, two engines.
 
-``recipe`` reads recipes, ``plan`` resolves them per tensor, ``execute`` maps one tensor's
-parameters onto the math (``linear``, ``spherical``, ``task_vectors``, ``model_stock``), and
-two engines run a plan: ``disk`` (streaming, bounded memory) and ``memory`` (batched, cached
-ingredients, for sliders and sweeps).
+``registry`` declares every merge method once; ``recipe`` reads recipes, ``plan`` resolves
+them per tensor (slices, ``modules:``, tokenizer sources), ``execute`` runs one tensor's
+kernel (``methods``: one module per method family, over the math of ``linear``,
+``spherical``, ``task_vectors``, ``model_stock``), and two engines run a plan: ``disk``
+(streaming, bounded memory) and ``memory`` (batched, cached ingredients, for sliders and
+sweeps). The engines are imported on first use, so reading recipes and the registry needs
+no torch.
 
 >>> from workbench.merge import simple_recipe
 >>> simple_recipe("slerp", ["a", "b"], t=0.5).merge_method
 'slerp'
 """
 
-from workbench.merge.disk import merge_to_disk
-from workbench.merge.memory import merge_in_memory, merged_model
-from workbench.merge.plan import plan_merge, recipe_fingerprint
-from workbench.merge.recipe import MergeRecipe, load_recipe, simple_recipe
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "MergeRecipe",
@@ -25,3 +28,27 @@ __all__ = [
     "recipe_fingerprint",
     "simple_recipe",
 ]
+
+_OWNERS = {
+    "MergeRecipe": "recipe",
+    "load_recipe": "recipe",
+    "simple_recipe": "recipe",
+    "merge_to_disk": "disk",
+    "merge_in_memory": "memory",
+    "merged_model": "memory",
+    "plan_merge": "plan",
+    "recipe_fingerprint": "plan",
+}
+
+
+def __getattr__(name: str) -> Any:
+    owner = _OWNERS.get(name)
+    if owner is None:
+        raise AttributeError(f"module 'workbench.merge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"workbench.merge.{owner}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

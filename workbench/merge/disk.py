@@ -244,8 +244,9 @@ def merge_to_disk(
     """Merge tensor by tensor into a Hugging Face model directory at ``out_dir``.
 
     Writes (atomically) sharded safetensors (+ index when more than one shard), the base's
-    ``config.json`` (layer count and dtype updated), the tokenizer files and
-    ``workbench_merge.yaml`` (the recipe). Inputs are read with plain file reads into a few
+    ``config.json`` (layer count, per-layer metadata, vocabulary size and dtype updated), the
+    tokenizer (the base's files, or the one the recipe builds) and ``workbench_merge.yaml``
+    (the recipe). Inputs are read with plain file reads into a few
     reusable buffers (no memory maps), one tensor ahead of the math, and results are written
     by a second thread: memory stays bounded by a few of the largest tensor, whatever the
     model size. Non-float tensors are copied from the base and reported in
@@ -274,7 +275,10 @@ def merge_to_disk(
             raise WorkbenchError(f"{out}: writing the merged tensors failed ({failure})")
         writer.close()
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
-        copy_tokenizer_files(plan.checkpoints[plan.tokenizer_source].path, tmp)
+        if plan.tokenizer is not None:  # built by the recipe (tokenizer source, chat template)
+            plan.tokenizer.save_pretrained(str(tmp))
+        else:
+            copy_tokenizer_files(plan.checkpoints[plan.tokenizer_source].path, tmp)
         (tmp / "workbench_merge.yaml").write_text(_merge_yaml(plan))
     if plan.notes and progress:
         for n in plan.notes:

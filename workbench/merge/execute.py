@@ -1,9 +1,13 @@
-"""What both merge engines share: one tensor's method dispatch, the Gram fast path's
-coefficients, the NaN/Inf rule, and the compute-dtype rules.
+"""What both merge engines share: one tensor's kernel call, the Gram fast path's
+coefficients, the random generators, the NaN/Inf rule, and the compute-dtype rules.
 
-The math itself lives in ``workbench.merge.linear``, ``spherical``, ``task_vectors`` and
-``model_stock``; this module only maps a :class:`~workbench.merge.plan.TensorJob`'s resolved
-parameters onto those pure functions.
+The registry (:mod:`workbench.merge.registry`) says which kernel of
+:mod:`workbench.merge.methods` computes a method and whether it has the Gram fast path;
+this module only maps a :class:`~workbench.merge.plan.TensorJob`'s resolved parameters onto
+that kernel.
+
+Random methods draw from the generators of :mod:`workbench.merge.draws` (per tensor, or
+mergekit's stream when the recipe has a ``random_seed``).
 
 >>> numel((3, 4, 5))
 60
@@ -11,7 +15,6 @@ parameters onto those pure functions.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 
 import torch
@@ -19,11 +22,10 @@ import torch
 from workbench.checkpoints import Checkpoint
 from workbench.devices import resolve_device
 from workbench.errors import WorkbenchError
-from workbench.merge import linear as _lin
-from workbench.merge import model_stock as _ms
-from workbench.merge import spherical as _sph
-from workbench.merge import task_vectors as _tv
+from workbench.merge.draws import tensor_generator
+from workbench.merge.methods import MergeCall
 from workbench.merge.plan import MergePlan, TensorJob
+from workbench.merge.registry import METHODS, method_spec
 from workbench.numerics import nonfinite_kind
 
 __all__ = [
@@ -40,7 +42,7 @@ __all__ = [
 
 #: methods whose result is a per-tensor linear combination of the inputs, with coefficients
 #: that depend only on the inputs' Gram matrix: one product gives norms and dots, one more the result
-GRAM_METHODS = ("linear", "lerp", "slerp", "lerp_norm_restore")
+GRAM_METHODS = tuple(name for name, spec in METHODS.items() if spec.gram is not None)
 
 
 def check_finite(x: torch.Tensor, ck: Checkpoint, name: str) -> None:
@@ -100,84 +102,34 @@ def compute_dtype(plan: MergePlan, job: TensorJob) -> torch.dtype:
     return torch.float64 if any(d == torch.float64 for d in dts) else torch.float32
 
 
-def _dare_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
-    # seeded per tensor name: the same recipe drops the same entries in either engine, in any order
-    g = torch.Generator(device=device)
-    g.manual_seed((int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
-    return g
+def _kernel(method: str, job: TensorJob, xs: list[torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
+    call = MergeCall(job.name, xs, job.base_index, job.shared, job.per_input, generator)
+    try:
+        return method_spec(method).kernel_fn(call)
+    except ValueError as err:
+        raise WorkbenchError(f"merge_method {method}: tensor {job.name!r}: {err}") from None
 
 
 def apply_method(method: str, job: TensorJob, xs: list[torch.Tensor]) -> torch.Tensor:
-    """Run the method's pure function on one tensor's inputs (float32/64 result)."""
-    sh, pi, bi = job.shared, job.per_input, job.base_index
-    others = [i for i in range(len(xs)) if i != bi]
-    if method == "linear":
-        return _lin.linear(xs, [p["weight"] for p in pi], normalize=sh["normalize"])
-    if method in ("lerp", "slerp", "lerp_norm_restore"):
-        a, b = xs[bi], xs[others[0]]
-        fn = {"lerp": _lin.lerp, "slerp": _sph.slerp, "lerp_norm_restore": _sph.lerp_norm_restore}[method]
-        return fn(sh["t"], a, b)
-    if method == "chained_slerp":
-        ts = [pi[i]["t"] if pi[i].get("t") is not None else 1.0 / (k + 2) for k, i in enumerate(others)]
-        return _sph.chained_slerp([xs[bi]] + [xs[i] for i in others], ts)
-    if method == "multislerp":
-        return _sph.multislerp(
-            [xs[i] for i in others],
-            [pi[i]["weight"] for i in others],
-            base=xs[bi] if bi is not None else None,
-            normalize_weights=sh["normalize_weights"],
-            eps=sh["eps"],
-        )
-    if method == "karcher":
-        return _sph.karcher(xs, max_iter=sh["max_iter"], tol=sh["tol"])
-    if method in ("task_arithmetic", "ties", "dare_linear", "dare_ties"):
-        kw = dict(
-            density=[pi[i]["density"] for i in others],
-            normalize=sh["normalize"],
-            rescale=sh["rescale"],
-            lambda_=sh["lambda"],
-        )
-        tensors, weights = [xs[i] for i in others], [pi[i]["weight"] for i in others]
-        if method == "task_arithmetic":
-            return _tv.generalized_task_arithmetic(xs[bi], tensors, weights, **kw)
-        if method == "ties":
-            return _tv.generalized_task_arithmetic(
-                xs[bi], tensors, weights, sparsify="magnitude", consensus="sum", **kw
-            )
-        gen = _dare_generator(sh["seed"], job.name, xs[bi].device)
-        return _tv.generalized_task_arithmetic(
-            xs[bi],
-            tensors,
-            weights,
-            sparsify="random",
-            consensus="sum" if method == "dare_ties" else None,
-            generator=gen,
-            **kw,
-        )
-    if method == "model_stock":
-        return _ms.model_stock(xs[bi], [xs[i] for i in others], filter_wise=sh["filter_wise"])
-    raise WorkbenchError(f"unknown merge method {method!r}")  # pragma: no cover
+    """Run the method's kernel on one tensor's inputs (float32/64 result, on the inputs' device)."""
+    if not method_spec(method).random:
+        return _kernel(method, job, xs, None)
+    stream = job.stream
+    if stream is None:
+        gen = tensor_generator(job.shared.get("seed", 0), job.name, xs[0].device)
+        return _kernel(method, job, xs, gen)
+    # mergekit draws on the CPU generator: the masks are the same whatever the device
+    device = xs[0].device
+    gen = stream.start(job.draw, lambda j, zeros, g: _kernel(method, j, zeros, g))
+    out = _kernel(method, job, [x.cpu() for x in xs], gen)
+    stream.done(job.draw)
+    return out.to(device)
 
 
 def gram_coefficients(method: str, jobs: list[TensorJob], g: torch.Tensor) -> torch.Tensor:
     """Combination coefficients ``[B, M]`` (float64) of a GRAM_METHODS method for a batch of
     same-layout jobs, from their Gram matrices ``g`` ``[B, M, M]``."""
-    dev = g.device
-    if method == "linear":
-        w = torch.tensor([[p["weight"] for p in j.per_input] for j in jobs], dtype=torch.float64, device=dev)
-        if jobs[0].shared["normalize"]:
-            w = w / w.sum(1, keepdim=True)
-        return w
-    bi = jobs[0].base_index
-    oi = 1 - bi
-    t = torch.tensor([j.shared["t"] for j in jobs], dtype=torch.float64, device=dev)
-    if method == "lerp":
-        ca, cb = 1.0 - t, t
-    else:
-        geo = _sph.geometry_from_gram(g, bi, oi)
-        fn = _sph.slerp_coefficients if method == "slerp" else _sph.norm_restore_coefficients
-        ca, cb = fn(t, geo)
-    coef = torch.zeros(len(jobs), 2, dtype=torch.float64, device=dev)
-    coef[:, bi] = ca
-    coef[:, oi] = cb
-    return coef
+    fn: Callable | None = method_spec(method).gram_fn
+    if fn is None:
+        raise WorkbenchError(f"merge method {method} has no Gram fast path")  # pragma: no cover
+    return fn(jobs, g)

@@ -1,8 +1,11 @@
 """Merge recipes in mergekit's YAML schema, and how their parameters resolve per tensor.
 
-A recipe names a ``merge_method``, the inputs (``models:`` or ``slices:``), an optional
-``base_model``, ``parameters`` and a ``dtype``. Any mergekit 0.1.5 YAML for the supported
-methods reads unchanged.
+A recipe names a ``merge_method`` (one of the registry's, :mod:`workbench.merge.registry`),
+the inputs (``models:``, ``slices:`` or ``modules:``), an optional ``base_model``,
+``parameters``, a ``dtype``, and optionally a tokenizer (``tokenizer_source:`` or
+``tokenizer:``) and a ``chat_template``. Any mergekit 0.1.5 YAML reads unchanged; unknown
+keys are kept (mergekit ignores them too). One workbench key: ``random_seed`` draws the
+random masks from mergekit's seeded stream (see :mod:`workbench.merge.draws`).
 
 Parameter values (mergekit's rules):
 
@@ -15,9 +18,9 @@ Parameter values (mergekit's rules):
   a substring of the tensor name wins; an entry without ``filter`` (or ``"*"``) is the
   catch-all. A ``value`` may itself be a gradient.
 
-Precedence: a model's own ``parameters`` > the slice's > the recipe's. Shared parameters
-(``t``, ``normalize``, ...) come from the slice or the recipe; per-model ones (``weight``,
-``density``) may also come from the model entry.
+Precedence: a model's own ``parameters`` > the slice's > the module's > the recipe's. Shared
+parameters (``t``, ``normalize``, ...) come from the slice, module or recipe; per-model ones
+(``weight``, ``density``) may also come from the model entry.
 
 >>> r = load_recipe('''
 ... merge_method: slerp
@@ -43,24 +46,26 @@ import copy
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench.errors import WorkbenchError
 from workbench.io.yaml import is_path_like_source, parse_yaml
+from workbench.merge.registry import method_spec
 
 __all__ = [
-    "METHODS",
+    "DTYPES",
     "ConditionalParameter",
     "InputModel",
     "InputSlice",
     "MergeRecipe",
-    "MethodSpec",
+    "OutputModule",
     "OutputSlice",
+    "TokenEmbedding",
+    "TokenizerConfig",
     "load_recipe",
     "map_model_refs",
     "model_refs",
@@ -116,6 +121,70 @@ def _model_str(v: Any) -> Any:
     return v
 
 
+def _models_list(v: Any) -> Any:
+    if isinstance(v, list):
+        return [{"model": os.fspath(m)} if isinstance(m, (str, os.PathLike)) else _model_str(m) for m in v]
+    return v
+
+
+class OutputModule(BaseModel):
+    """An entry of ``modules:``: the module's ``slices`` or ``models`` (exactly one), and parameters."""
+
+    slices: list[OutputSlice] | None = None
+    models: list[InputModel] | None = None
+    parameters: Parameters = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v: Any) -> Any:
+        return _models_list(v)
+
+    @model_validator(mode="after")
+    def _one(self) -> "OutputModule":
+        if bool(self.slices) == bool(self.models):
+            raise ValueError("a module needs exactly one of 'slices' or 'models'")
+        return self
+
+
+class ModelTokenSource(BaseModel):
+    """A token's embedding taken from one model's row of another token (``token``) or id."""
+
+    kind: Literal["model_token"]
+    model: str
+    token: str | None = None
+    token_id: int | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "ModelTokenSource":
+        if (self.token is None) == (self.token_id is None):
+            raise ValueError("a model_token source needs exactly one of 'token' or 'token_id'")
+        return self
+
+
+class ZeroSource(BaseModel):
+    """A token embedding of zeros."""
+
+    kind: Literal["zero"]
+
+
+class TokenEmbedding(BaseModel):
+    """Where one token's embedding row comes from: a model (its own row of the token), another
+    token's row (``model_token``), zeros; ``force`` applies it to every model, not only to the
+    models that lack the token."""
+
+    source: ModelTokenSource | ZeroSource | str | None = None
+    force: bool = False
+
+
+class TokenizerConfig(BaseModel):
+    """``tokenizer:``: the output vocabulary (``union``, ``base`` or a model), per-token
+    embedding sources, and padding of the vocabulary size."""
+
+    source: str = "union"
+    tokens: dict[str, TokenEmbedding] | None = None
+    pad_to_multiple_of: int | None = Field(None, ge=1)
+
+
 class MergeRecipe(BaseModel):
     """A merge recipe (mergekit YAML schema). Build with :func:`load_recipe` or :func:`simple_recipe`."""
 
@@ -124,18 +193,20 @@ class MergeRecipe(BaseModel):
     merge_method: str
     models: list[InputModel] | None = None
     slices: list[OutputSlice] | None = None
+    modules: dict[str, OutputModule] | None = None
     base_model: str | None = None
     parameters: Parameters = None
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerConfig | None = None
+    chat_template: str | None = None
+    random_seed: int | None = None
 
     @field_validator("models", mode="before")
     @classmethod
     def _models(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            return [{"model": os.fspath(m)} if isinstance(m, (str, os.PathLike)) else _model_str(m) for m in v]
-        return v
+        return _models_list(v)
 
     @field_validator("base_model", mode="before")
     @classmethod
@@ -144,30 +215,63 @@ class MergeRecipe(BaseModel):
             return v.get("path") or v.get("model")
         return os.fspath(v) if isinstance(v, os.PathLike) else v
 
+    @field_validator("tokenizer_source", mode="before")
+    @classmethod
+    def _tok(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            v = v.get("path") or v.get("model")
+        v = os.fspath(v) if isinstance(v, os.PathLike) else v
+        return v.removeprefix("model:") if isinstance(v, str) else v
+
     @model_validator(mode="after")
     def _check(self) -> "MergeRecipe":
-        if getattr(self, "modules", None) is not None:
-            raise ValueError("'modules:' recipes are not supported; use 'models:' or 'slices:'")
-        if bool(self.models) == bool(self.slices):
-            raise ValueError("exactly one of 'models' or 'slices' must be given")
-        if self.merge_method not in METHODS:
-            raise ValueError(f"unknown merge_method {self.merge_method!r}; known: {', '.join(sorted(METHODS))}")
+        if sum(bool(x) for x in (self.models, self.slices, self.modules)) != 1:
+            raise ValueError("exactly one of 'models', 'slices' or 'modules' must be given")
+        try:
+            method_spec(self.merge_method)
+        except WorkbenchError as err:
+            raise ValueError(str(err)) from None
         for name in (self.dtype, self.out_dtype):
             if name is not None and name not in DTYPES:
                 raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-        if self.tokenizer_source == "union":
-            raise ValueError("tokenizer_source: union is not supported (use base or a model path)")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError("give either tokenizer_source or tokenizer, not both")
+        if self.random_seed is not None and any("seed" in (p or {}) for p in self.parameter_blocks()):
+            raise ValueError("give either random_seed (mergekit's random stream) or a seed parameter, not both")
         return self
+
+    def parameter_blocks(self) -> list[Parameters]:
+        """Every ``parameters`` mapping of the recipe (global, modules, slices, models, sources)."""
+        blocks: list[Parameters] = [self.parameters]
+        groups = [(self.models, self.slices)] + [(m.models, m.slices) for m in (self.modules or {}).values()]
+        blocks += [m.parameters for m in (self.modules or {}).values()]
+        for models, slices in groups:
+            blocks += [m.parameters for m in models or []]
+            for sl in slices or []:
+                blocks += [sl.parameters] + [src.parameters for src in sl.sources]
+        return blocks
+
+    def output_modules(self) -> dict[str, OutputModule]:
+        """The recipe as ``modules:`` (``models:``/``slices:`` recipes are the module ``default``)."""
+        if self.modules:
+            return dict(self.modules)
+        return {"default": OutputModule(models=self.models, slices=self.slices)}
+
+    def tokenizer_settings(self) -> TokenizerConfig | None:
+        """The tokenizer to build (``tokenizer_source:`` read as ``tokenizer: {source: ...}``), or None."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        return None if self.tokenizer_source is None else TokenizerConfig(source=self.tokenizer_source)
 
     # -- convenience -----------------------------------------------------------------
     def referenced_models(self) -> list[str]:
         """Every model the recipe reads, in first-mention order (base first)."""
         seen: list[str] = []
         cands = [self.base_model] if self.base_model else []
-        if self.models:
-            cands += [m.model for m in self.models]
-        for s in self.slices or []:
-            cands += ([s.base_model] if s.base_model else []) + [src.model for src in s.sources]
+        for module in self.output_modules().values():
+            cands += [m.model for m in module.models or []]
+            for s in module.slices or []:
+                cands += ([s.base_model] if s.base_model else []) + [src.model for src in s.sources]
         for c in cands:
             if c not in seen:
                 seen.append(c)
@@ -184,80 +288,6 @@ class MergeRecipe(BaseModel):
 
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What a method needs: base policy, input counts and its parameters with defaults.
-
-    ``shared`` parameters have one value per tensor; ``per_input`` parameters have one value
-    per model (``scope="input"``: every input incl. the base; ``"non_base"``: others only).
-    A default of ``REQUIRED`` means the recipe must give it.
-    """
-
-    base: Literal["required", "optional", "ignored"] = "ignored"
-    min_inputs: int = 1
-    max_inputs: int | None = None
-    shared: dict[str, Any] = field(default_factory=dict)
-    per_input: dict[str, Any] = field(default_factory=dict)
-    scope: Literal["input", "non_base"] = "non_base"
-    types: dict[str, type] = field(default_factory=dict)
-
-
-REQUIRED = object()
-_GTA = dict(int8_mask=False, normalize=False, rescale=False, **{"lambda": 1.0})
-_GTA_TYPES = dict(
-    int8_mask=bool, normalize=bool, rescale=bool, weight=float, density=float, seed=int, **{"lambda": float}
-)
-
-METHODS: dict[str, MethodSpec] = {
-    "linear": MethodSpec(
-        shared=dict(normalize=True),
-        per_input=dict(weight=REQUIRED),
-        scope="input",
-        types=dict(normalize=bool, weight=float),
-    ),
-    "lerp": MethodSpec(base="required", min_inputs=2, max_inputs=2, shared=dict(t=REQUIRED), types=dict(t=float)),
-    "slerp": MethodSpec(base="required", min_inputs=2, max_inputs=2, shared=dict(t=REQUIRED), types=dict(t=float)),
-    "lerp_norm_restore": MethodSpec(
-        base="required", min_inputs=2, max_inputs=2, shared=dict(t=REQUIRED), types=dict(t=float)
-    ),
-    "chained_slerp": MethodSpec(base="required", min_inputs=2, per_input=dict(t=None), types=dict(t=float)),
-    "multislerp": MethodSpec(
-        base="optional",
-        shared=dict(normalize_weights=True, eps=1e-8),
-        per_input=dict(weight=REQUIRED),
-        types=dict(normalize_weights=bool, eps=float, weight=float),
-    ),
-    "karcher": MethodSpec(shared=dict(max_iter=10, tol=1e-5), types=dict(max_iter=int, tol=float)),
-    "task_arithmetic": MethodSpec(
-        base="required", shared=dict(_GTA), per_input=dict(weight=REQUIRED, density=1.0), types=_GTA_TYPES
-    ),
-    "ties": MethodSpec(
-        base="required",
-        shared={**_GTA, "normalize": True},
-        per_input=dict(weight=REQUIRED, density=1.0),
-        types=_GTA_TYPES,
-    ),
-    "dare_linear": MethodSpec(
-        base="required",
-        shared={**_GTA, "rescale": True, "seed": 0},
-        per_input=dict(weight=REQUIRED, density=1.0),
-        types=_GTA_TYPES,
-    ),
-    "dare_ties": MethodSpec(
-        base="required",
-        shared={**_GTA, "rescale": True, "seed": 0},
-        per_input=dict(weight=REQUIRED, density=1.0),
-        types=_GTA_TYPES,
-    ),
-    "model_stock": MethodSpec(
-        base="required", min_inputs=3, shared=dict(filter_wise=False), types=dict(filter_wise=bool)
-    ),
-}
-
-#: methods whose ``t`` must lie in [0, 1] unless extrapolation is asked for
-T_METHODS = ("lerp", "slerp", "lerp_norm_restore", "chained_slerp")
 
 
 def _validate(value: Any, typ: type | None) -> Any:
@@ -314,24 +344,31 @@ def resolve_setting(tensor_name: str, setting: Any, position: float = 0.0, typ: 
 
 
 #: Recipe keys whose string value names a model (a path, a Hub id or, in sweeps, an ingredient).
-MODEL_KEYS = ("model", "base_model", "tokenizer_source")
+MODEL_KEYS = ("model", "base_model", "tokenizer_source", "source")
+#: Values of those keys that name no model (tokenizer sources).
+NOT_MODELS = ("union", "base")
 
 
 def map_model_refs(data: Any, fn: Callable[[str], str]) -> Any:
     """A copy of a recipe mapping with ``fn`` applied to every model reference.
 
     References are the string values of ``model``, ``base_model`` (top level and per
-    slice) and ``tokenizer_source`` keys, and bare strings in a ``models`` list (which
-    become ``{"model": ...}`` entries).
+    slice), ``tokenizer_source`` and tokenizer ``source`` keys (except ``union`` and
+    ``base``), and bare strings in a ``models`` list (which become ``{"model": ...}`` entries).
 
     >>> map_model_refs({"models": ["a", {"model": "b"}], "slices": [{"base_model": "a", "sources": []}]},
     ...                str.upper)
     {'models': [{'model': 'A'}, {'model': 'B'}], 'slices': [{'base_model': 'A', 'sources': []}]}
+    >>> map_model_refs({"tokenizer": {"source": "union", "tokens": {"x": {"source": "b"}}}}, str.upper)
+    {'tokenizer': {'source': 'union', 'tokens': {'x': {'source': 'B'}}}}
     """
+
+    def ref(k: str, v: Any) -> bool:
+        return k in MODEL_KEYS and isinstance(v, str) and v not in NOT_MODELS
 
     def sub(obj: Any, key: str | None = None) -> Any:
         if isinstance(obj, Mapping):
-            return {k: fn(v) if k in MODEL_KEYS and isinstance(v, str) else sub(v, k) for k, v in obj.items()}
+            return {k: fn(v) if ref(k, v) else sub(v, k) for k, v in obj.items()}
         if isinstance(obj, list):
             return [{"model": fn(v)} if key == "models" and isinstance(v, str) else sub(v) for v in obj]
         return copy.deepcopy(obj)
@@ -352,7 +389,10 @@ def model_refs(data: Any) -> list[str]:
         return ref
 
     map_model_refs(
-        {k: v for k, v in data.items() if k != "tokenizer_source"} if isinstance(data, Mapping) else data, note
+        {k: v for k, v in data.items() if k not in ("tokenizer_source", "tokenizer")}
+        if isinstance(data, Mapping)
+        else data,
+        note,
     )
     return list(seen)
 
@@ -404,8 +444,8 @@ def simple_recipe(
     """Build a recipe in code.
 
     ``t`` is a float, a gradient list, or a filter list (``[{"filter": "self_attn", "value": 0.3},
-    {"value": 0.5}]``). For lerp/slerp/lerp_norm_restore/chained_slerp the base defaults to
-    ``models[0]``. ``weights`` become per-model ``weight`` parameters (methods that need them
+    {"value": 0.5}]``). For methods that need a base (lerp, slerp, ties, ...) the base defaults
+    to ``models[0]``. ``weights`` become per-model ``weight`` parameters (methods that need them
     default to equal weights); other keyword arguments become recipe parameters.
 
     >>> r = simple_recipe("slerp", ["a", "b"], t=0.3)
@@ -414,11 +454,9 @@ def simple_recipe(
     >>> simple_recipe("linear", ["a", "b", "c"]).models[2].parameters
     {'weight': 1.0}
     """
-    if method not in METHODS:
-        raise WorkbenchError(f"unknown merge method {method!r}; known: {', '.join(sorted(METHODS))}")
-    spec = METHODS[method]
+    spec = method_spec(method)
     models = [os.fspath(m) for m in models]
-    if base_model is None and method in T_METHODS:
+    if base_model is None and spec.base == "required":
         base_model = models[0]
     base = os.fspath(base_model) if base_model is not None else None
     params = dict(parameters)
@@ -428,14 +466,18 @@ def simple_recipe(
         params["t"] = t
     entries = []
     non_base = [m for m in models if m != base]
+    wparam = next((p for p in spec.parameters if p.name == "weight"), None)
+    every = wparam is not None and wparam.scope == "input"
     if weights is not None:
+        if wparam is None:
+            raise WorkbenchError(f"simple_recipe: merge method {method} takes no weights")
         wlist = list(weights)
-        targets = models if (spec.scope == "input" or len(wlist) == len(models)) else non_base
+        targets = models if (every or len(wlist) == len(models)) else non_base
         if len(wlist) != len(targets):
             raise WorkbenchError(f"simple_recipe: {len(wlist)} weights for {len(targets)} models")
         wmap = dict(zip(targets, wlist))
-    elif spec.per_input.get("weight") is REQUIRED:
-        wmap = {m: 1.0 for m in (models if spec.scope == "input" else non_base)}
+    elif wparam is not None and wparam.required:
+        wmap = {m: 1.0 for m in (models if every else non_base)}
     else:
         wmap = {}
     for m in models:

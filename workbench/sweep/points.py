@@ -11,10 +11,11 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.io.yaml import parse_yaml
+from workbench.merge.registry import DEFAULT, INTERPOLATION, method_with, methods_with
 from workbench.sweep.spec import MERGE_PARAMETERS, SweepSpec, axis_kind, axis_values
 
 #: Methods whose base model is one of exactly two models (t = 0 gives the base).
-_TWO_MODEL_METHODS = ("slerp", "lerp", "lerp_norm_restore")
+_TWO_MODEL_METHODS = tuple(m.name for m in methods_with(INTERPOLATION))
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def base_recipe_dict(spec: SweepSpec) -> dict[str, Any]:
         if spec.parameters:
             recipe.setdefault("parameters", {}).update(copy.deepcopy(spec.parameters))
         return recipe
-    method = spec.method or "slerp"
+    method = spec.method or method_with(DEFAULT).name
     models = list(spec.models) if spec.models is not None else list(spec.ingredients)
     recipe = {"merge_method": method, "models": [{"model": m} for m in models], "dtype": spec.dtype}
     base = spec.base_model

@@ -16,12 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench.errors import WorkbenchError
 from workbench.io.yaml import is_path_like_source, parse_yaml
+from workbench.merge.registry import parameter_names
 
-#: Merge parameters an axis may set (mergekit names).
-MERGE_PARAMETERS: tuple[str, ...] = ("t", "weight", "density", "epsilon", "lambda")
+#: Merge parameters an axis may set: every parameter of a registered method (mergekit names).
+MERGE_PARAMETERS: tuple[str, ...] = parameter_names()
 #: Axes that are not merge parameters.
 STRUCTURAL_AXES: tuple[str, ...] = ("method", "models", "base_model")
-#: Methods whose base model is one of exactly two models (t = 0 gives the base).
 
 
 class Resources(BaseModel):
@@ -127,7 +127,7 @@ def axis_kind(name: str) -> tuple[str, str | None]:
     param, dot, filt = name.partition(".")
     if param in MERGE_PARAMETERS and (not dot or filt):
         return param, (filt or None)
-    known = ", ".join([*MERGE_PARAMETERS, *(f"{p}.<filter>" for p in ("t",)), *STRUCTURAL_AXES])
+    known = ", ".join([*MERGE_PARAMETERS, "<parameter>.<filter>", *STRUCTURAL_AXES])
     raise WorkbenchError(f"unknown axis {name!r}; known axes: {known}")
 
 
