@@ -39,7 +39,7 @@ from workbench.errors import WorkbenchError
 from workbench.eval.tasks import primary_metric as task_primary_metric
 from workbench.eval.tasks import task_spec
 from workbench.labels import short_label
-from workbench.merge.registry import DEFAULT, INTERPOLATION, method_with, methods_with
+from workbench.merge.registry import DEFAULT, INTERPOLATION, SOUP, method_with, methods_with
 from workbench.naming import group_t_setting
 
 #: Methods the explorer offers (two models, base + t).
@@ -132,7 +132,7 @@ def soup_recipe(models: Sequence[str], recipe: str | None = None):
     """
     from workbench.merge import load_recipe, simple_recipe
 
-    return load_recipe(recipe) if recipe else simple_recipe("linear", list(models))
+    return load_recipe(recipe) if recipe else simple_recipe(method_with(SOUP).name, list(models))
 
 
 @dataclass

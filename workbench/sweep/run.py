@@ -64,6 +64,13 @@ def plan(spec: SweepSpec) -> _Plan:
             raise WorkbenchError(f"point {p.index} ({p.label}): {err}") from None
         fp = recipe_fingerprint(merge_plan.recipe, checkpoints=merge_plan.checkpoints)
         fingerprints.append(fp)
+        if merge_plan.tokenizer is not None:
+            # points are evaluated with an ingredient's tokenizer files, read by every worker
+            raise WorkbenchError(
+                f"point {p.index} ({p.label}): the recipe builds a new tokenizer (tokenizer_source / "
+                "tokenizer / chat_template); sweeps evaluate with an ingredient's tokenizer, so merge such "
+                "a recipe with `workbench merge` and evaluate the output with `workbench eval`"
+            )
         tok_path = str(merge_plan.checkpoints[merge_plan.tokenizer_source].path)
         if tok_path not in tok_cache:
             tok = STATE.tokenizer(tok_path)
