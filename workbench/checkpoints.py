@@ -27,7 +27,7 @@ transformers lazily: the merge path never needs it.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import math
 import os
@@ -40,10 +40,10 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.fingerprints import tensor_bytes, tensor_digest
-from workbench.hub import download_snapshot, looks_like_hub_id
+from workbench.hub import download_snapshot, looks_like_hub_id, split_revision
 from workbench.io.atomic import atomic_output_dir
 from workbench.io.safetensors import SAFE_INDEX, SAFE_SINGLE, SafetensorsFile, SafetensorsWriter
-from workbench.naming import EMBED_CANDIDATES, LM_HEAD, layer_index
+from workbench.naming import LM_HEAD, architecture, layer_index
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -78,6 +78,26 @@ TOKENIZER_FILES = (
 # reading model directories
 
 
+@functools.cache
+def _default_tie(model_type: str) -> bool:
+    """transformers' default ``tie_word_embeddings`` for ``model_type`` (True when unknown:
+    without an ``lm_head.weight`` in the files, the embeddings are the only head there is)."""
+    try:
+        from transformers import AutoConfig
+
+        return bool(getattr(AutoConfig.for_model(model_type), "tie_word_embeddings", True))
+    except (ImportError, ValueError, KeyError):  # no transformers, or a model type it does not know
+        return True
+
+
+def _ties_embeddings(config: Mapping[str, Any]) -> bool:
+    """The config's ``tie_word_embeddings``, or its config class default when the key is
+    absent (defaults differ: GPT-2 and Gemma tie, Llama and Qwen2 do not)."""
+    if "tie_word_embeddings" in config:
+        return bool(config["tie_word_embeddings"])
+    return _default_tie(str(config.get("model_type") or ""))
+
+
 class Checkpoint:
     """A Hugging Face model directory opened read-only, tensors read lazily.
 
@@ -91,8 +111,9 @@ class Checkpoint:
         self.source = source or str(path)
         self._files = files  # tensor name -> SafetensorsFile or a dict from a .bin
         self._fingerprint: str | None = None
-        embed = next((e for e in EMBED_CANDIDATES if e in files), None)
-        self.tied: bool = LM_HEAD not in files and embed is not None and bool(config.get("tie_word_embeddings", True))
+        # a missing lm_head.weight aliases the architecture's input embeddings when the config ties them
+        embed = next((e for e in architecture(config).embed_candidates if e in files), None)
+        self.tied: bool = LM_HEAD not in files and embed is not None and _ties_embeddings(config)
         self._alias = {LM_HEAD: embed} if self.tied else {}
         self._names = list(files) + ([LM_HEAD] if self.tied else [])
 
@@ -210,10 +231,16 @@ def open_checkpoint(
     revision: str | None = None,
     allow_bin: bool = False,
 ) -> Checkpoint:
-    """Open a model directory (or a Hub id, when online) for lazy reading.
+    """Open a model directory, or a Hub id (``org/name``, ``org/name@revision``), for lazy reading.
+
+    A Hub id is read from the Hugging Face cache (offline with ``HF_HUB_OFFLINE=1``) or
+    downloaded into it: see :func:`workbench.hub.download_snapshot`. ``revision`` is the same
+    as an ``@revision`` suffix (giving two different ones is an error). A local directory of
+    that name wins over the Hub.
 
     Raises :class:`WorkbenchError` naming the file for a missing config, a corrupt or
-    truncated safetensors file, or a ``.bin`` checkpoint without ``allow_bin=True``.
+    truncated safetensors file, or a ``.bin`` checkpoint without ``allow_bin=True``; naming
+    the id and the cache directory for a Hub model that is not cached while offline.
     Passing a :class:`Checkpoint` returns it unchanged.
     """
     if isinstance(path_or_hub_id, Checkpoint):
@@ -221,10 +248,9 @@ def open_checkpoint(
     source = str(path_or_hub_id)
     path = Path(path_or_hub_id).expanduser()
     if not path.exists():
-        if looks_like_hub_id(source):
-            path = download_snapshot(source, revision, allow_bin=allow_bin)
-        else:
+        if not _is_hub_ref(source):
             raise WorkbenchError(f"{path}: no such model directory")
+        path = _hub_snapshot(source, revision, allow_bin)
     if path.is_file():
         raise WorkbenchError(f"{path}: expected a model directory (with config.json), got a file")
     path = path.resolve()
@@ -270,6 +296,18 @@ def open_checkpoint(
     if not files:
         raise WorkbenchError(f"{path}: checkpoint holds no tensors")
     return Checkpoint(path, config, files, source=source)
+
+
+def _is_hub_ref(source: str) -> bool:
+    return looks_like_hub_id(split_revision(source)[0])
+
+
+def _hub_snapshot(source: str, revision: str | None, allow_bin: bool) -> Path:
+    """The cached (or downloaded) snapshot of Hub reference ``source`` (``org/name[@revision]``)."""
+    hub_id, pinned = split_revision(source)
+    if pinned is not None and revision is not None and pinned != revision:
+        raise WorkbenchError(f"{source}: revision given twice ({pinned!r} in the id, {revision!r} as revision=)")
+    return download_snapshot(hub_id, pinned or revision, allow_bin=allow_bin)
 
 
 def _load_bin(path: Path, first: Path) -> dict[str, Any]:
@@ -391,53 +429,34 @@ def _config_object(config_source: "Checkpoint | dict"):
 
 
 def model_from_state_dict(
-    config_source: "Checkpoint | dict",
-    state: Mapping[str, torch.Tensor],
-    *,
-    device: str | torch.device = "cpu",
+    config_source: "Checkpoint | dict", state: Mapping[str, torch.Tensor], *, device: str | torch.device = "cpu"
 ) -> "PreTrainedModel":
-    """Build a causal LM from a config and a state dict (e.g. from ``merge_in_memory``).
+    """Build a model from a config and a state dict in checkpoint layout (e.g. from ``merge_in_memory``).
 
+    The tensors go through transformers' own checkpoint conversion, as ``from_pretrained``
+    does for files (per-expert MoE tensors fused, NeoX's ``embed_out`` renamed); a causal LM
+    for decoders, the base model (``AutoModel``) for encoders (naming's ``causal=False``).
     The model takes the dtype of the state's tensors; tied ``lm_head.weight`` is re-tied.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
     config = _config_object(config_source)
-    first = next(iter(state.values()))
-    with _no_init():
-        model = AutoModelForCausalLM.from_config(config, dtype=first.dtype)
-    sd = dict(state)
-    if getattr(config, "tie_word_embeddings", False):
-        sd.pop(LM_HEAD, None)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if not (m == LM_HEAD and getattr(config, "tie_word_embeddings", False))]
-    if missing or unexpected:
+    causal = architecture(config.model_type).causal
+    try:
+        cls = (MODEL_FOR_CAUSAL_LM_MAPPING if causal else MODEL_MAPPING)[type(config)]
+    except KeyError:
+        kind = "causal LM" if causal else "model"
+        raise WorkbenchError(f"transformers has no {kind} class for model_type {config.model_type!r}") from None
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    sd = {n: t for n, t in state.items() if not (tied and n == LM_HEAD)}
+    first = next(iter(sd.values()))
+    model, info = cls.from_pretrained(None, config=config, state_dict=sd, dtype=first.dtype, output_loading_info=True)
+    missing = [m for m in sorted(info["missing_keys"]) if not (tied and m == LM_HEAD)]
+    unexpected, mismatched = sorted(info["unexpected_keys"]), list(info.get("mismatched_keys", []))
+    if missing or unexpected or mismatched:
         raise WorkbenchError(
             f"state dict does not fit the {config.model_type} config: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            + (f", mismatched shapes {mismatched[:5]}" if mismatched else "")
         )
-    if getattr(config, "tie_word_embeddings", False):
-        model.tie_weights()
     return model.to(device).eval()
-
-
-@contextlib.contextmanager
-def _no_init():
-    ctx = None
-    for mod, attr in (
-        ("transformers.initialization", "no_init_weights"),
-        ("transformers.modeling_utils", "no_init_weights"),
-    ):
-        try:
-            ctx = getattr(__import__(mod, fromlist=[attr]), attr)
-            break
-        except (ImportError, AttributeError):
-            continue
-    if ctx is None:  # pragma: no cover
-        yield
-    else:
-        with ctx():
-            yield
-
-
-# ----------------------------------------------------------------------------------------

@@ -31,8 +31,29 @@ def model_fingerprint_of(model: torch.nn.Module) -> str:
 
 
 def model_dtype_of(model: Any) -> str:
-    """The dtype results record and are keyed by: the first parameter's (``"none"`` without any)."""
-    return str(next((p.dtype for p in model.parameters()), "none"))
+    """The dtype results record and are keyed by: that of the floating-point parameters, or
+    several joined by ``+`` (most elements first) when a model keeps some modules in another
+    dtype; ``"none"`` without any.
+
+    The key needs it even though a model fingerprint computed from the weights covers the
+    dtype: callers may key by a checkpoint's file fingerprint, which is the same whatever
+    dtype the weights are loaded and computed in.
+
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)).to(torch.bfloat16)
+    >>> model_dtype_of(m)
+    'torch.bfloat16'
+    >>> _ = m[1].float()
+    >>> model_dtype_of(m)
+    'torch.bfloat16+torch.float32'
+    """
+    counts: dict[str, int] = {}
+    for p in model.parameters():
+        if p.is_floating_point():
+            counts[str(p.dtype)] = counts.get(str(p.dtype), 0) + p.numel()
+    if not counts:
+        return str(next((p.dtype for p in model.parameters()), "none"))
+    return "+".join(sorted(counts, key=lambda d: (-counts[d], d)))
 
 
 def _to_device(model: Any, device: str | torch.device | None) -> Any:
