@@ -233,3 +233,104 @@ def test_merge_explorer_in_jupyterlab(lab_server) -> None:
     assert b != a
     # the current point (trace 1) moved to a smaller t
     assert a[1][0][0] < b[1][0][0], (b[1], a[1])
+
+
+# --- the claim check's report: the answer on the first screen ---------------------------------
+
+_HEADLINE = """() => {
+  const h = document.querySelector('#headline');
+  if (!h) return null;
+  const items = Array.from(h.querySelectorAll('li')).map(li => ({
+    text: li.innerText, bottom: li.getBoundingClientRect().bottom}));
+  return {bottom: h.getBoundingClientRect().bottom, height: window.innerHeight, items: items,
+          visible: document.body.innerText};
+}"""
+_CALLS = ("a significant gain", "a significant loss", "no evidence of a difference")
+
+
+@pytest.fixture()
+def claim_report(tiny_family, shared_data: Path, tmp_path: Path) -> tuple[Path, list[str], list[str]]:
+    """A real claim report on the tiny family: three tasks (one a text file), control, seeds."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    fam = tiny_family
+    a, b = fam.trajectory[-2], fam.trajectory[-1]
+    recipe = tmp_path / "slerp.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "slerp",
+                "base_model": str(a),
+                "models": [{"model": str(a)}, {"model": str(b)}],
+                "parameters": {"t": [{"filter": "self_attn", "value": 0.3}, {"value": 0.6}]},
+            }
+        )
+    )
+    out = tmp_path / "claim"
+    tasks = ["blimp", "arc_easy", f"text:{fam.heldout}"]
+    res = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--ingredients",
+            str(a),
+            str(b),
+            str(fam.trajectory[-3]),
+            "--recipe",
+            str(recipe),
+            "--tasks",
+            ",".join(tasks),
+            "--data-dir",
+            str(shared_data),
+            "--limit",
+            "2",
+            "--curve-ts",
+            "0,0.5,1",
+            "--resamples",
+            "300",
+            "--control",
+            str(fam.annealed),
+            "--seeds",
+            str(b),
+            *map(str, fam.siblings),
+            "--claim",
+            "the SLERP of the last two checkpoints beats the best of them",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    return out / "report.html", ["blimp", "arc_easy", fam.heldout.name], [str(tmp_path), str(fam.root)]
+
+
+def test_claim_report_first_screen_holds_the_answer(claim_report) -> None:
+    from playwright.sync_api import sync_playwright
+
+    report, labels, machine_paths = claim_report
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            ctx = browser.new_context(offline=True, viewport={"width": 1280, "height": 800})
+            page = ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(report.as_uri())
+            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3")
+            state = page.evaluate(_HEADLINE)
+            page.screenshot(path=str(ARTIFACTS / "claim_report_first_screen.png"), full_page=False)
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert state is not None and state["height"] == 800
+    assert state["bottom"] <= 800, f"the headline ends at {state['bottom']} px, below the first screen"
+    for label in labels:
+        item = next((i for i in state["items"] if i["text"].startswith(label + " (")), None)
+        assert item is not None, (label, [i["text"][:40] for i in state["items"]])
+        assert item["bottom"] <= 800 and any(c in item["text"] for c in _CALLS), item
+    assert any(i["text"].startswith("Cost:") for i in state["items"])
+    assert "Claim:" in state["visible"].split("Cost:")[0]
+    assert not [p for p in machine_paths if p in state["visible"]]  # full paths only in folded blocks

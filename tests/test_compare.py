@@ -291,3 +291,167 @@ def test_too_few_items_to_split_is_reported_not_hidden():
     )
     curve, barriers, tests = curve_tables(curve_items, seed=seed, n_resamples=100)
     assert "all" in set(curve["split"].to_list()) and barriers.height == 1 and tests.height == 0
+
+
+# --- headline, power, seed spread, labels --------------------------------------------------
+
+
+def _text_items(ll: np.ndarray, path: str) -> pl.DataFrame:
+    return _wiki_items(ll).with_columns(pl.lit(f"text:{path}").alias("task"))
+
+
+def _headline_panel(difficulty, *, seeds: bool = True, text_path: str = "/home/someone/data/fam/heldout.txt"):
+    """Ingredients, merge, ensemble, control and seeds on BLiMP plus a text: task at a long path."""
+    from workbench.claim import System
+
+    rng = np.random.default_rng(9)
+
+    def sys_(skill=0.0, shift=0.0):
+        s = _system(rng, difficulty, skill=skill, wiki_shift=shift)
+        blimp = s.filter(pl.col("task") == "blimp")
+        wiki = s.filter(pl.col("task") == "wikitext")
+        return pl.concat([blimp, wiki.with_columns(pl.lit(f"text:{text_path}").alias("task"))])
+
+    results = {k: sys_() for k in ("a", "b", "c")}
+    results.update(merge=sys_(0.4, 40.0), ensemble=sys_(0.6, 50.0), control=sys_(0.1, 5.0))
+    seed_names = []
+    if seeds:
+        results.update(s1=sys_(), s2=sys_())
+        seed_names = ["a", "s1", "s2"]
+    systems = [System("ensemble", "ensemble", "mean of probabilities", inference_cost=3)]
+    settings = {
+        "claim": "the soup gets 68.7 on BLiMP vs 64.2 for the best checkpoint",
+        "recipe_summary": "slerp, t=0.5",
+        "ingredient_paths": {k: f"/home/someone/ckpt/{k}" for k in "abc"},
+        "control": "/home/someone/ckpt/annealed",
+    }
+    return build_panel(
+        results, ingredients=["a", "b", "c"], systems=systems, seeds=seed_names, n_resamples=300, settings=settings
+    )
+
+
+def test_headline_comes_first_and_answers_every_task(difficulty):
+    panel = _headline_panel(difficulty)
+    text = verdict(panel)
+    head, rest = text.split("## Details", 1)
+    assert head.startswith("# Claim check") and "the soup gets 68.7 on BLiMP" in head
+    bullets = [line for line in head.splitlines() if line.startswith("- **")]
+    tasks = [b.split("**")[1] for b in bullets]
+    assert tasks == ["blimp", "heldout.txt", "Cost:"]  # one sentence per task, then the ensemble's cost
+    for b in bullets[:2]:
+        assert "95% CI" in b and "best-on-dev ingredient" in b and "vs the control checkpoint" in b
+        assert any(w in b for w in ("a significant gain", "a significant loss", "no evidence of a difference"))
+    assert "3x the inference" in bullets[2]
+    assert "(accuracy," in bullets[0] and "(bits per byte," in bullets[1]  # the metric is named
+    assert "seed spread" in bullets[0]
+    # machine paths only in the sources section at the end
+    assert "/home/someone" not in text.split("## Sources")[0]
+    assert "`heldout.txt`: `text:/home/someone/data/fam/heldout.txt`" in text.split("## Sources")[1]
+
+
+def test_every_no_evidence_line_says_what_would_have_been_detected(difficulty):
+    panel = _headline_panel(difficulty)
+    cmp = panel.comparisons
+    assert {"mde", "mde_alpha", "se_analytic", "seed_sd", "seed_ratio"} <= set(cmp.columns)
+    for metric in ("acc", "margin", "bits_per_byte"):
+        fam = cmp.filter(pl.col("metric") == metric)
+        assert np.allclose(fam["mde_alpha"].to_numpy(), 0.05 / fam.height)  # Holm's first step
+    assert (cmp["mde"] > 0).all()
+    text = verdict(panel)
+    body = text.split("## All comparisons")[0]
+    for line in body.splitlines():
+        if "no evidence of a difference" in line and "identical" not in line:
+            assert "detect" in line, line
+    # the MDE grows with the variance: BLiMP accuracy needs several points here, bits per byte less
+    acc = cmp.filter((pl.col("metric") == "acc") & (pl.col("reference") == "best_dev"))["mde"][0]
+    assert 0.02 < acc < 0.3
+
+
+def test_seed_spread_sets_gains_against_it(difficulty):
+    panel = _headline_panel(difficulty)
+    sn = panel.seed_noise
+    assert set(sn["metric"].to_list()) == {"acc", "margin", "bits_per_byte"} and (sn["n"] == 3).all()
+    row = panel.comparisons.filter(
+        (pl.col("task") == "blimp") & (pl.col("metric") == "acc") & (pl.col("reference") == "best_dev")
+    ).row(0, named=True)
+    sd = sn.filter((pl.col("task") == "blimp") & (pl.col("metric") == "acc"))["sd"][0]
+    assert row["seed_ratio"] == pytest.approx(abs(row["estimate"]) / sd)
+    assert f"{row['seed_ratio']:.1f}x the seed spread" in verdict(panel)
+    # seeds that are not ingredients are measured, never compared
+    assert not panel.comparisons.filter(
+        pl.col("subject").is_in(["s1", "s2"]) | pl.col("reference").is_in(["s1", "s2"])
+    ).height
+    assert set(panel.systems.filter(pl.col("kind") == "seed")["name"].to_list()) == {"s1", "s2"}
+    without = _headline_panel(difficulty, seeds=False)
+    assert (
+        without.seed_noise.height == 0 and without.comparisons["seed_ratio"].null_count() == without.comparisons.height
+    )
+    assert "seed spread" not in verdict(without)
+    with pytest.raises(WorkbenchError, match="seeds"):
+        build_panel(
+            {
+                "a": without.items.filter(pl.col("system") == "a"),
+                "merge": without.items.filter(pl.col("system") == "merge"),
+            },
+            ingredients=["a"],
+            seeds=["a"],
+        )
+
+
+def test_every_line_names_its_metric_and_best_t_lines_differ(difficulty):
+    rng = np.random.default_rng(6)
+    frames = []
+    for method in ("lerp", "slerp"):
+        for t in (0.0, 0.5, 1.0):
+            frames.append(
+                _system(np.random.default_rng(int(t * 10)) if t in (0.0, 1.0) else rng, difficulty).with_columns(
+                    pl.lit(method).alias("method"), pl.lit(t).alias("t")
+                )
+            )
+    panel = _headline_panel(difficulty)
+    panel.curve, panel.barriers, panel.curve_tests = curve_tables(pl.concat(frames), n_resamples=200)
+    assert "mde" in panel.curve_tests.columns and (panel.curve_tests["mde_alpha"] == 0.05).all()
+    text = verdict(panel)
+    best = [line for line in text.splitlines() if line.startswith("- Best t")]
+    blimp = [line for line in best if " on blimp," in line and "(lerp" not in line]
+    assert any("accuracy (chosen on dev)" in line for line in blimp)
+    assert any("log-likelihood margin (chosen on dev)" in line for line in blimp)
+    assert len(set(best)) == len(best)
+    names = ("accuracy", "log-likelihood margin", "bits per byte", "error")
+    for line in text.split("## All comparisons")[0].splitlines():
+        if line.startswith("- ") and not line.startswith("- **Cost"):
+            assert any(n in line for n in names), line
+
+
+def test_report_html_headline_first_tables_folded_labels_short(tmp_path, difficulty):
+    panel = _headline_panel(difficulty)
+    out = write_report(panel, tmp_path / "r")
+    page = (out / "report.html").read_text()
+    head = page.index('<section id="headline">')
+    assert head < page.index("figure-deltas") < page.index('<section id="details">') < page.index("<details")
+    assert '<details id="table-comparisons">' in page and 'href="tables/comparisons.csv"' in page
+    assert (out / "tables" / "comparisons.csv").is_file() and not (out / "tables" / "items.csv").exists()
+    visible = re.sub(r"<details.*?</details>", "", page, flags=re.S)
+    visible = re.sub(r"<script.*?</script>", "", visible, flags=re.S)
+    assert "/home/someone" not in visible and "heldout.txt" in visible
+    assert "text:/home/someone/data/fam/heldout.txt" in page  # in the folded sources block
+    fig = json.loads((out / "figures" / "deltas.json").read_text())
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert "heldout.txt: bits per byte" in titles and not any("/home" in t for t in titles)
+
+
+def test_explorer_page_has_a_slider_over_the_curve(tmp_path, difficulty):
+    panel = _headline_panel(difficulty, seeds=False)
+    frames = [
+        _system(np.random.default_rng(int(t * 10)), difficulty).with_columns(
+            pl.lit("slerp").alias("method"), pl.lit(t).alias("t")
+        )
+        for t in (0.0, 0.5, 1.0)
+    ]
+    panel.curve, panel.barriers, panel.curve_tests = curve_tables(pl.concat(frames), n_resamples=100)
+    out = write_report(panel, tmp_path / "r")
+    page = (out / "explorer.html").read_text()
+    assert '"sliders"' in page and "Plotly.newPlot" in page and 'src="http' not in page
+    assert 'href="explorer.html"' in (out / "report.html").read_text()
+    no_curve = write_report(_headline_panel(difficulty, seeds=False), tmp_path / "r2")
+    assert not (no_curve / "explorer.html").exists()

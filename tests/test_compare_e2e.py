@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -183,3 +184,65 @@ def test_compare_bad_input_is_one_clear_error(family, tmp_path):
     )
     assert res.exit_code == 2 and "at least two ingredients" in res.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_compare_with_seeds_and_a_text_task_names_tasks_by_label(family, shared_data, tmp_path):
+    """--seeds A B C (the last trajectory checkpoint and the siblings): the seed spread is in the
+    tables and the verdict; the text: task is shown by its file name, its path only in Sources."""
+    ingredients = family.trajectory[-3:]
+    recipe = _write_recipe(tmp_path / "soup.yaml", "slerp", ingredients[0], ingredients[1])
+    out = tmp_path / "seeds"
+    seeds = [family.trajectory[-1], *family.siblings]
+    res = _compare(
+        [
+            "--ingredients",
+            *map(str, ingredients),
+            "--recipe",
+            str(recipe),
+            "--tasks",
+            f"blimp_anaphor_number_agreement,text:{family.heldout}",
+            "--data-dir",
+            str(shared_data),
+            "--limit",
+            "40",
+            "--curve-ts",
+            "none",
+            "--resamples",
+            "300",
+            "--seeds",
+            *map(str, seeds),
+            "--claim",
+            "the merge beats the best checkpoint",
+            "--out",
+            str(out),
+        ]
+    )
+    assert f"{family.heldout.name} (bits_per_byte)" in res.output
+    sn = pl.read_parquet(out / "tables" / "seed_noise.parquet")
+    assert (sn["n"] == 3).all() and (sn["sd"] >= 0).all()
+    systems = pl.read_parquet(out / "tables" / "systems.parquet")
+    assert systems.filter(pl.col("kind") == "seed").height == len(family.siblings)  # the ingredient is reused
+    cmp = pl.read_parquet(out / "tables" / "comparisons.parquet")
+    assert cmp["seed_ratio"].null_count() == 0 and (cmp["mde"] > 0).all()
+    text = (out / "verdict.md").read_text()
+    head = text.split("## Details")[0]
+    assert "the merge beats the best checkpoint" in head and f"**{family.heldout.name}**" in head
+    assert str(family.heldout.parent) not in text.split("## Sources")[0]
+    page = (out / "report.html").read_text()
+    visible = re.sub(r"<details.*?</details>|<script.*?</script>", "", page, flags=re.S)
+    assert str(tmp_path) not in visible and str(family.root) not in visible
+    res = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--ingredients",
+            *map(str, ingredients),
+            "--recipe",
+            str(recipe),
+            "--seeds",
+            str(seeds[0]),
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+    )
+    assert res.exit_code == 2 and "two or more" in res.output and not (tmp_path / "bad").exists()

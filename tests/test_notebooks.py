@@ -4,6 +4,7 @@ family, the ``workbench run`` command's errors, and the shared HTML drawing its 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -210,3 +211,95 @@ def test_shared_html_draws_its_plots_offline(notebook_runs: dict[str, Path]) -> 
             assert requested == []
         finally:
             browser.close()
+
+
+# --- clean shared output: no progress bars, short labels, the demo's pages ------------------
+
+_RESIDUE = ("Loading weights", "it/s]", "seq/s]", "%|")
+
+
+def _output_texts(nb_path: Path) -> list[str]:
+    """Every text an executed notebook stores in its outputs (stream text and each mimetype's data)."""
+    nb = nbformat.read(nb_path, as_version=4)
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            out.append(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"]))
+            for key, value in (o.get("data") or {}).items():
+                if key.startswith("text/") and key != "text/html":
+                    out.append(value if isinstance(value, str) else "".join(value))
+    out.append(json.dumps(nb.metadata.get("widgets", {})))
+    return out
+
+
+def _assert_no_progress_residue(nb_path: Path, html_path: Path) -> None:
+    from workbench.runner import is_progress_text
+
+    for text in _output_texts(nb_path):
+        assert not is_progress_text(text), (nb_path.name, text[:200])
+        assert "Loading weights" not in text, nb_path.name
+    body = html_path.read_text()
+    body = body[body.index("<body") :]
+    for script in ("<script", "<style"):  # plotly.js and CSS are code, not output
+        while script in body:
+            start = body.index(script)
+            body = body[:start] + body[body.index(script.replace("<", "</"), start) + 8 :]
+    for mark in _RESIDUE:
+        assert mark not in body, (html_path.name, mark)
+
+
+def test_headless_runs_strip_progress_bars_but_keep_other_output(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from tqdm.auto import tqdm\nimport sys\n"
+            "for _ in tqdm(range(3), desc='toy', disable=False): pass\n"  # explicit: no switch stops it
+            "from tqdm import tqdm as text_bar\n"
+            "for _ in text_bar(range(3), desc='text', disable=False, file=sys.stderr): pass\n"
+            "print('kept output')"
+        )
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "bars.ipynb")
+    res = run_notebook(tmp_path / "bars.ipynb", tmp_path / "out", progress=False)
+    texts = _output_texts(res.notebook)
+    assert any("kept output" in t for t in texts)
+    _assert_no_progress_residue(res.notebook, res.html)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["layer_angles", "merge_explorer", "soup_report"])
+def test_executed_notebooks_carry_no_progress_bars(notebook_runs: dict[str, Path], name: str) -> None:
+    html = notebook_runs[name]
+    _assert_no_progress_residue(html.with_suffix(".ipynb"), html)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_family, shared_data: Path, tmp_path_factory) -> Path:
+    """``workbench demo``'s code path on the tiny family (reused, not retrained): its output directory."""
+    from workbench.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    run_demo(
+        out, family_dir=tiny_family.root, data_dir=shared_data, device="cpu", subsample=1, progress=False, preset="tiny"
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_demo_pages_are_clean_labelled_and_linked(demo_run: Path, tiny_family) -> None:
+    index = (demo_run / "index.html").read_text()
+    for page in ("soup_report.html", "claim/report.html", "claim/explorer.html", "layer_angles.html"):
+        assert f'href="{page}"' in index and (demo_run / page).is_file()
+    for name in ("soup_report", "layer_angles"):
+        _assert_no_progress_residue(demo_run / f"{name}.ipynb", demo_run / f"{name}.html")
+    explorer = (demo_run / "claim" / "explorer.html").read_text()
+    assert '"sliders"' in explorer and 'src="http' not in explorer
+    heldout = tiny_family.heldout.name
+    for page in ("soup_report.html", "claim/report.html"):
+        text = (demo_run / page).read_text()
+        visible = re.sub(r"<details.*?</details>|<script.*?</script>|<style.*?</style>", "", text, flags=re.S)
+        assert heldout in visible and f"text:{tiny_family.heldout}" not in visible, page
+        assert str(tiny_family.root) not in visible, page  # machine paths only in folded blocks
+    verdict_md = (demo_run / "claim" / "verdict.md").read_text()
+    assert "seed spread" in verdict_md and verdict_md.startswith("# Claim check")

@@ -4,10 +4,13 @@
    or reuse it when it is already there (:func:`workbench.factory.train_family` resumes or
    returns at once for a complete family of the same recipe and corpus).
 2. Run ``notebooks/soup_report.ipynb`` on the trajectory checkpoints (the uniform soup of
-   the last checkpoints, judged against the annealed run as control) and
-   ``notebooks/layer_angles.ipynb`` on the siblings and an independent run.
-3. Write ``runs/demo/{soup_report,layer_angles}.{html,ipynb}`` and an ``index.html``
-   (atomically; a previous demo output is replaced) and return the report's path.
+   the last checkpoints, judged against the annealed run as control, with the last trajectory
+   checkpoint and the siblings as seeds: trained alike from the same start but for the data-order
+   seed) and ``notebooks/layer_angles.ipynb`` on the siblings and an independent run.
+3. Write ``runs/demo/{soup_report,layer_angles}.{html,ipynb}``, the claim report the soup
+   report writes (``runs/demo/claim/``: ``report.html``, ``explorer.html`` with the t slider,
+   ``verdict.md``, tables) and an ``index.html`` linking them (atomically; a previous demo output
+   is replaced) and return the soup report's path.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from workbench.io.datadir import resolve_data_dir
 DEMO_TASKS = ["blimp", "arc_easy"]
 DEMO_SUBSAMPLE = 20
 DEMO_T_GRID = [0.0, 0.25, 0.5, 0.75, 1.0]
+#: The claim the demo checks, in words (quoted in the headline).
+DEMO_CLAIM = "the uniform soup of the last trajectory checkpoints beats the best of them"
+#: Where the soup report writes its claim report, inside the demo's output directory.
+CLAIM_DIR = "claim"
 
 
 def notebooks_dir() -> Path:
@@ -53,9 +60,14 @@ def reuse_family(family_dir: str | os.PathLike, preset: str) -> Any:
 
 
 def demo_parameters(
-    family: Any, data_dir: Path | None, device: str | None, subsample: int | None = DEMO_SUBSAMPLE
+    family: Any,
+    data_dir: Path | None,
+    device: str | None,
+    subsample: int | None = DEMO_SUBSAMPLE,
+    report_dir: str | os.PathLike | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Notebook name -> papermill parameters for a family (see the module docstring)."""
+    """Notebook name -> papermill parameters for a family (see the module docstring); the soup
+    report writes its claim report to ``report_dir`` when given."""
     from workbench.devices import resolve_device
 
     if len(family.trajectory) < 2:
@@ -64,10 +76,15 @@ def demo_parameters(
     if len(angle_models) < 2:
         angle_models = list(family.trajectory[-2:])
     dd = str(data_dir) if data_dir is not None else None
+    # the siblings continue the last trajectory checkpoint's run from the same step with other data orders
+    seeds = [str(family.trajectory[-1]), *map(str, family.siblings)] if family.siblings else []
     return {
         "soup_report": {
             "models": [str(p) for p in family.trajectory],
             "control": str(family.annealed) if family.annealed is not None else None,
+            "seeds": seeds,
+            "claim": DEMO_CLAIM,
+            "report_dir": None if report_dir is None else str(report_dir),
             "tasks": [*DEMO_TASKS, text_task(family.heldout)],
             "t_grid": DEMO_T_GRID,
             "subsample": None if subsample is None else {task: subsample for task in DEMO_TASKS},
@@ -115,10 +132,10 @@ def run_demo(
     family = reuse_family(family_dir, preset)
     if family is None:
         family = train_family(preset, family_dir, data_dir=data, device=device, progress=progress)
-    params = demo_parameters(family, data, device, subsample)
     out_path = Path(out)
     with atomic_output_dir(out_path, overwrite=True) as tmp:
-        tmp = Path(tmp)
+        tmp = Path(tmp).absolute()
+        params = demo_parameters(family, data, device, subsample, report_dir=tmp / CLAIM_DIR)
         for name, p in params.items():
             res = run_notebook(nb_dir / f"{name}.ipynb", tmp / f".{name}", parameters=p, progress=progress)
             for f in (res.html, res.notebook):
@@ -128,8 +145,18 @@ def run_demo(
             (
                 "soup_report.html",
                 "Soup report",
-                "is the uniform soup of the trajectory checkpoints better? baselines, paired statistics, "
-                "interpolation curve, verdict",
+                "is the uniform soup of the trajectory checkpoints better? the answer first, then baselines, "
+                "paired statistics, power, seed spread, interpolation curve",
+            ),
+            (
+                f"{CLAIM_DIR}/report.html",
+                "Claim check report",
+                "the same verdict as a report page, with its tables as parquet and CSV files",
+            ),
+            (
+                f"{CLAIM_DIR}/explorer.html",
+                "Interpolation explorer",
+                "move t along the precomputed LERP/SLERP grid with a slider (no kernel needed)",
             ),
             ("layer_angles.html", "Layer angles", "angles, norms, SLERP norm factor and fallback share, per layer"),
         ]

@@ -1,12 +1,16 @@
 """Display labels for model paths: the one rule for legends, titles, widget rows and panel names.
 
 A checkpoint is shown by the last components of its path (or Hub id): enough to tell it from
-the others, short enough for a legend. Pure string work, no imports beyond the standard library.
+the others, short enough for a legend. A task is shown by its name, except that a task naming a
+file (``text:<path>``) is shown by the file's name. Pure string work (the task registry is asked,
+lazily, which tasks name a file).
 
     >>> short_label("/data/families/demo/trajectory/step-000300")
     'trajectory/step-000300'
     >>> short_names(["/runs/a/final", "/runs/b/final"])
     {'/runs/a/final': 'a/final', '/runs/b/final': 'b/final'}
+    >>> task_labels(["blimp", "text:/home/me/data/heldout.txt"])
+    {'blimp': 'blimp', 'text:/home/me/data/heldout.txt': 'heldout.txt'}
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import PurePath
 
-__all__ = ["short_label", "short_names"]
+__all__ = ["short_label", "short_names", "task_label", "task_labels"]
 
 #: The most path components :func:`short_names` tries before falling back to full paths.
 MAX_KEEP = 5
@@ -53,3 +57,39 @@ def short_names(paths: Sequence[str]) -> dict[str, str]:
         if len(set(out.values())) == len(out):
             return out
     return {p: p for p in paths}
+
+
+def _task_file(task: str) -> str | None:
+    """The file a task scores (``text:<path>``), None for a benchmark task."""
+    from workbench.eval.tasks.perplexity import is_text_task, text_path
+
+    return str(text_path(task)) if is_text_task(task) else None
+
+
+def task_labels(tasks: Sequence[str]) -> dict[str, str]:
+    """Task name -> display label: benchmark tasks keep their names; a ``text:<path>`` task is shown by
+    the shortest end of its path that tells it from the other tasks (usually the file name).
+
+    >>> task_labels(["text:/a/x/notes.txt", "text:/b/y/notes.txt", "arc_easy"])
+    {'text:/a/x/notes.txt': 'x/notes.txt', 'text:/b/y/notes.txt': 'y/notes.txt', 'arc_easy': 'arc_easy'}
+    """
+    tasks = list(dict.fromkeys(tasks))
+    files = {t: f for t in tasks if (f := _task_file(t)) is not None}
+    short = short_names(list(dict.fromkeys(files.values())))
+    taken = {t for t in tasks if t not in files}
+    out = {}
+    for t in tasks:
+        if t not in files:
+            out[t] = t
+        else:  # a file named like a benchmark task keeps the prefix
+            out[t] = short[files[t]] if short[files[t]] not in taken else f"text:{short[files[t]]}"
+    return out
+
+
+def task_label(task: str) -> str:
+    """Display label of one task (see :func:`task_labels`).
+
+    >>> task_label("text:runs/fam/heldout.txt"), task_label("blimp_adjunct_island")
+    ('heldout.txt', 'blimp_adjunct_island')
+    """
+    return task_labels([task])[task]

@@ -13,7 +13,13 @@
 - the output directory (written atomically) holds the executed ``NAME.ipynb`` and
   ``NAME.html``; the HTML needs no network: plotly.js is embedded once by
   :func:`workbench.plots.setup_offline_html` (called by the notebooks), and the
-  exporter's CDN scripts (require.js, MathJax, the widget manager) are left out.
+  exporter's CDN scripts (require.js, MathJax, the widget manager) are left out;
+- shared output is clean: the kernel runs with progress bars switched off where a library
+  honours a switch (:data:`HEADLESS_ENV`), and whatever bars remain (tqdm's text and notebook
+  widgets, transformers' "Loading weights") are removed from the stored outputs
+  (:func:`strip_progress_output`); the HTML leaves out the source of the parameter cells (they
+  hold machine paths) and of cells tagged ``hide-input``. Bars still show in the terminal and
+  in a live JupyterLab session, which never pass through here.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from workbench.io.yaml import parse_yaml
 
 #: The kernel name written into the notebooks and used for headless runs.
 KERNEL_NAME = "python3"
+#: Environment of a headless kernel: progress bars off where a library has a switch (tqdm bars
+#: created without an explicit ``disable``, Hugging Face Hub and transformers bars).
+HEADLESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+#: Cells whose source the HTML leaves out (their outputs stay).
+HIDDEN_INPUT_TAGS = ("parameters", "injected-parameters", "hide-input")
 
 
 @dataclass(frozen=True)
@@ -150,7 +161,121 @@ def current_python_kernel() -> Iterator[str]:
                 os.environ["JUPYTER_PATH"] = old
 
 
+@contextlib.contextmanager
+def headless_environment(extra: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Set :data:`HEADLESS_ENV` (and ``extra``) for processes started inside the block; restore afterwards."""
+    values = {**HEADLESS_ENV, **dict(extra or {})}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 _CDN_SCRIPT = re.compile(r"<script[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>\s*", re.I)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: A progress bar's text: tqdm's "desc:  45%|####  | 45/100 [00:01<00:02, 30.1it/s]", or without a
+#: total "desc: 123it [00:01, 99.0it/s]" (transformers' "Loading weights" bars are tqdm bars).
+_BAR = re.compile(r"\d{1,3}%\|[^|\n]*\||\d+(?:\.\d+)?[kMGTP]?\w* \[\d+:\d\d(?::\d\d)?(?:<[^,\]]*)?,[^\]]*\]")
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def is_progress_text(text: str) -> bool:
+    """Whether a piece of output text is a progress bar (tqdm's format, ANSI codes ignored).
+
+    >>> is_progress_text("Loading weights:  42%|####2     | 10/24 [00:00<00:00, 99.1it/s]")
+    True
+    >>> is_progress_text("blimp: 1340seq [00:02, 612.3seq/s]"), is_progress_text("accuracy 42% | best")
+    (True, False)
+    """
+    return bool(_BAR.search(_ANSI.sub("", text)))
+
+
+def _strip_stream(text: str) -> str:
+    """Stream text without its progress-bar segments (a bar redraws itself after a carriage return)."""
+    lines = []
+    for line in text.split("\n"):
+        segments = [seg for seg in line.split("\r") if _ANSI.sub("", seg).strip()]
+        kept = [seg for seg in segments if not is_progress_text(seg)]
+        if kept:
+            lines.append(kept[-1])  # what a terminal shows after the carriage returns
+        elif not segments:
+            lines.append(line if "\r" not in line else "")
+    return "\n".join(lines).strip("\n") + ("\n" if text.endswith("\n") and lines else "")
+
+
+def _is_progress_widget(output: Mapping[str, Any]) -> bool:
+    data = output.get("data") or {}
+    if _WIDGET_VIEW not in data:
+        return False
+    plain = data.get("text/plain", "")
+    plain = "".join(plain) if isinstance(plain, list) else str(plain)
+    return is_progress_text(plain) or ("FloatProgress" in plain and plain.startswith("HBox("))
+
+
+def strip_progress_output(nb: Any) -> Any:
+    r"""Remove progress bars from a notebook's stored outputs, in place; returns ``nb``.
+
+    Progress text is cut out of stream outputs (other text stays), tqdm's notebook widgets are
+    dropped with their saved widget state; widgets a notebook shows on purpose are kept.
+
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook()
+    >>> cell = nbformat.v4.new_code_cell("x")
+    >>> cell.outputs = [nbformat.v4.new_output("stream", name="stderr",
+    ...     text="blimp:   0%|          | 0/9 [00:00<?, ?seq/s]\rblimp: 100%|##########| 9/9 [00:01<00:00]\nwarning: kept\n")]
+    >>> nb.cells = [cell]
+    >>> strip_progress_output(nb).cells[0].outputs[0]["text"]
+    'warning: kept\n'
+    """
+    removed_views = False
+    for cell in nb.cells:
+        outputs = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                text = output.get("text", "")
+                text = "".join(text) if isinstance(text, list) else text
+                output["text"] = _strip_stream(text)
+                if not output["text"].strip():
+                    continue
+            elif _is_progress_widget(output):
+                removed_views = True
+                continue
+            outputs.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+    if removed_views:
+        _prune_widget_state(nb)
+    return nb
+
+
+def _prune_widget_state(nb: Any) -> None:
+    """Keep only the saved widget models that a remaining widget view needs (drop them all if none)."""
+    widgets = nb.metadata.get("widgets", {})
+    state = widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    todo = [
+        o["data"][_WIDGET_VIEW].get("model_id")
+        for c in nb.cells
+        for o in c.get("outputs", [])
+        if _WIDGET_VIEW in (o.get("data") or {})
+    ]
+    keep: set[str] = set()
+    while todo:
+        mid = todo.pop()
+        if mid in keep or mid not in state:
+            continue
+        keep.add(mid)
+        todo += re.findall(r"IPY_MODEL_([0-9a-f]+)", json.dumps(state[mid]))
+    if not keep:
+        nb.metadata.pop("widgets", None)
+        return
+    for mid in [m for m in state if m not in keep]:
+        del state[mid]
 
 
 def strip_widget_state(nb: Any) -> Any:
@@ -180,9 +305,11 @@ def export_html(nb: Any, *, title: str | None = None) -> str:
     import copy
 
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
-    nb = strip_widget_state(copy.deepcopy(nb))
+    nb = strip_widget_state(strip_progress_output(copy.deepcopy(nb)))
     exporter = HTMLExporter(template_name="lab", embed_images=True)
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags=set(HIDDEN_INPUT_TAGS)), enabled=True)
     resources: dict[str, Any] = {}
     if title:
         resources["metadata"] = {"name": title}
@@ -240,6 +367,7 @@ def run_notebook(
                      parameters={"models": ["data/families/demo/siblings/sibling-1",
                                              "data/families/demo/siblings/sibling-2"]})
     """
+    import nbformat
     import papermill
     from nbclient.exceptions import CellTimeoutError
 
@@ -257,7 +385,7 @@ def run_notebook(
         tmp = Path(tmp)
         out_nb = tmp / f"{stem}.ipynb"
         try:
-            with current_python_kernel() as kernel_name:
+            with current_python_kernel() as kernel_name, headless_environment():
                 nb = papermill.execute_notebook(
                     str(path),
                     str(out_nb),
@@ -283,6 +411,7 @@ def run_notebook(
             if "kernel" in str(err).lower():
                 raise WorkbenchError(f"{path}: the kernel failed: {err}") from err
             raise
+        nbformat.write(strip_progress_output(nb), str(out_nb))
         html = export_html(nb, title=stem)
         (tmp / f"{stem}.html").write_text(html, encoding="utf-8")
     out = Path(out_dir)

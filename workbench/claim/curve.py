@@ -16,14 +16,28 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workbench.claim.metrics import ALPHA, MetricSpec, TaskData, align_task, call, paired, weighted_mean, weights_for
+from workbench.claim.metrics import (
+    ALPHA,
+    MetricSpec,
+    TaskData,
+    align_task,
+    analytic_se,
+    call,
+    mde,
+    paired,
+    weighted_mean,
+    weights_for,
+)
 from workbench.errors import WorkbenchError
+from workbench.merge.registry import CURVE, methods_with
 from workbench.stats import barrier, barrier_ci, barrier_t, bootstrap_ci, dev_test_split, holm
 
-__all__ = ["CURVE_TS", "curve_tables", "interpolation_curve"]
+__all__ = ["CURVE_METHODS", "CURVE_TS", "curve_tables", "interpolation_curve"]
 
 #: Default t grid of the interpolation curve.
 CURVE_TS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: the methods the curve draws unless told otherwise (the registry's curve role: LERP, SLERP)
+CURVE_METHODS: tuple[str, ...] = tuple(m.name for m in methods_with(CURVE))
 
 
 def curve_tables(
@@ -161,6 +175,10 @@ def _t_tests(
                 "low": r.low,
                 "high": r.high,
                 "p": p,
+                "a_only": mc.a_only if mc else None,
+                "b_only": mc.b_only if mc else None,
+                "se_analytic": analytic_se(vals[k][test], vals[ref][test], clusters=cl, weights=wt),
+                "binary": metric.binary,
                 "identical": identical,
                 "higher_is_better": metric.higher_is_better,
                 "unit": metric.unit,
@@ -176,6 +194,9 @@ def _t_tests(
         r["p_holm"] = float(ph)
         r["selected"] = f"t={r['t']:g}" == chosen
         r["call"] = call(r, alpha)
+        # the MDE at the level Holm's first step holds a lone real effect to, as for the panel
+        r["mde_alpha"] = alpha / len(rows)
+        r["mde"] = mde(r, r["mde_alpha"], float(boot["confidence"]))
     return rows
 
 
@@ -185,7 +206,7 @@ def interpolation_curve(
     ts: Sequence[float],
     tasks: str | Iterable[str],
     *,
-    methods: Sequence[str] = ("lerp", "slerp"),
+    methods: Sequence[str] | None = None,
     tokenizer: Any = None,
     data_dir: str | Path | None = None,
     limit: float | None = None,
@@ -197,7 +218,8 @@ def interpolation_curve(
     endpoints: Mapping[float, Any] | None = None,
     checkpoints: Mapping[str, Any] | None = None,
 ) -> pl.DataFrame:
-    """Per-item results along ``ts`` for each method (``lerp``, ``slerp``) between two models.
+    """Per-item results along ``ts`` for each method between two models (default: the registry's
+    curve methods, LERP and SLERP).
 
     Returns the items table with two more columns, ``method`` and ``t``. t = 0 is ``model_a``
     and t = 1 is ``model_b`` (evaluated once and shared by the methods, or taken from
@@ -211,6 +233,7 @@ def interpolation_curve(
     from workbench.merge import merged_model, simple_recipe
 
     a, b = str(model_a), str(model_b)
+    methods = list(methods) if methods is not None else list(CURVE_METHODS)
     ts = sorted({float(t) for t in ts})
     if not ts:
         raise WorkbenchError("interpolation_curve: empty t grid")

@@ -4,7 +4,8 @@ Everything the panel and the interpolation curve share: which metrics a task is 
 (:func:`task_metrics`), the per-item values of each system on the items they all have
 (:func:`align_task`), the weights that turn a mean into lm-eval's aggregate (BLiMP's macro mean
 over paradigms, bytes for bits per byte), rounding-level differences counted as ties
-(:func:`snap_rounding`), and the rule that calls a difference a gain or a loss (:func:`call`).
+(:func:`snap_rounding`), the rule that calls a difference a gain or a loss (:func:`call`) and
+the minimum detectable effect of that call (:func:`mde`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import polars as pl
 from workbench.errors import WorkbenchError
 from workbench.eval.tasks import find_task_spec
 from workbench.stats import BootstrapResult, McNemarResult, mcnemar_exact, paired_bootstrap
+from workbench.stats.power import POWER, mcnemar_mde, normal_mde, paired_se
 
 __all__ = [
     "ACC",
@@ -27,12 +29,16 @@ __all__ = [
     "BPB",
     "MARGIN",
     "MIN_ITEMS_FOR_CALL",
+    "POWER",
+    "METRICS",
     "MetricSpec",
     "TaskData",
     "align_task",
     "call",
     "cluster_column",
     "macro_weights",
+    "mde",
+    "metric_label",
     "paired",
     "snap_rounding",
     "task_metrics",
@@ -67,7 +73,7 @@ def snap_rounding(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A per-item metric: how to read it, which way is better, how to display it."""
+    """A per-item metric: how to read it, which way is better, how to display it (``label``)."""
 
     name: str
     higher_is_better: bool
@@ -75,11 +81,24 @@ class MetricSpec:
     scale: float
     binary: bool
     primary: bool
+    label: str = ""
 
 
-ACC = MetricSpec("acc", True, "points", 100.0, True, True)
-MARGIN = MetricSpec("margin", True, "nats", 1.0, False, False)
-BPB = MetricSpec("bits_per_byte", False, "bits/byte", 1.0, False, True)
+ACC = MetricSpec("acc", True, "points", 100.0, True, True, "accuracy")
+MARGIN = MetricSpec("margin", True, "nats", 1.0, False, False, "log-likelihood margin")
+BPB = MetricSpec("bits_per_byte", False, "bits/byte", 1.0, False, True, "bits per byte")
+#: Metric name -> its spec (tables carry the name; displays ask for the label).
+METRICS = {m.name: m for m in (ACC, MARGIN, BPB)}
+
+
+def metric_label(name: str) -> str:
+    """How a metric is named in sentences: ``"acc"`` -> ``"accuracy"`` (unknown names unchanged).
+
+    >>> metric_label("margin"), metric_label("bits_per_byte")
+    ('log-likelihood margin', 'bits per byte')
+    """
+    spec = METRICS.get(name)
+    return spec.label if spec is not None and spec.label else name
 
 
 def cluster_column(task: str) -> str | None:
@@ -222,6 +241,48 @@ def paired(
     r = paired_bootstrap(a, b, clusters=clusters, weights=weights, **boot)
     mc = mcnemar_exact(a > 0.5, b > 0.5) if metric.binary else None
     return r, mc, bool(np.array_equal(a, b))
+
+
+def analytic_se(a: np.ndarray, b: np.ndarray, *, clusters: np.ndarray | None, weights: np.ndarray | None) -> float:
+    """Closed-form standard error of the paired difference ``a - b`` as the bootstrap of :func:`paired`
+    sees it (rounding-level differences counted as ties, resampled within ``clusters``).
+
+    >>> round(analytic_se(np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0]), clusters=None, weights=None), 4)
+    0.2887
+    """
+    return paired_se(a, snap_rounding(a, b), clusters=clusters, weights=weights)
+
+
+def mde(row: Mapping[str, Any], alpha: float, confidence: float, power: float = POWER) -> float:
+    """Minimum detectable effect of a comparison row, in the metric's raw units (a fraction for accuracy).
+
+    The smallest true difference the row's call (:func:`call`) detects with probability
+    ``power`` when the comparison is tested at ``alpha`` (the caller passes the level its Holm
+    family imposes) and its CI is at ``confidence``. Continuous metrics: the bootstrap test,
+    ``(z_{1-a/2} + z_power)`` times the clustered standard error ``se_analytic`` at
+    ``a = min(alpha, 1 - confidence)``. Accuracy: the larger of the exact McNemar test's MDE at
+    ``alpha`` (from the row's items and discordant pairs ``a_only + b_only``) and the bootstrap
+    CI's at ``1 - confidence`` (half a lattice step of 1/n added: a mean of 0/1 differences is
+    discrete). Infinite with fewer than ``MIN_ITEMS_FOR_CALL`` items (never
+    called); NaN for a continuous metric whose per-item results are identical (no variance to
+    judge by).
+
+    >>> row = {"n_items": 500, "a_only": 60, "b_only": 40, "se_analytic": 0.02, "binary": True}
+    >>> round(mde(row, 0.05, 0.95), 3)  # McNemar binds: 100 discordant pairs in 500
+    0.057
+    """
+    n = int(row["n_items"])
+    if n < MIN_ITEMS_FOR_CALL:
+        return math.inf
+    se = float(row["se_analytic"])
+    binary = bool(row.get("binary", row.get("a_only") is not None))
+    if not binary:
+        return float("nan") if se == 0.0 else normal_mde(se, alpha=min(alpha, 1.0 - confidence), power=power)
+    discordant = int(row["a_only"]) + int(row["b_only"])
+    # a mean of 0/1 differences moves on a lattice of 1/n (for the macro mean too, on average): the
+    # percentile CI leaves 0 only half a step beyond the normal threshold
+    by_ci = normal_mde(se, alpha=1.0 - confidence, power=power) + 0.5 / n
+    return max(mcnemar_mde(n, discordant / n, alpha=alpha, power=power), by_ci)
 
 
 def call(row: Mapping[str, Any], alpha: float) -> str:

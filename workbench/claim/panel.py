@@ -4,9 +4,10 @@
 computes, on the *same* items: every system's score with a bootstrap CI, the best-on-dev and
 median ingredients, the subject against every baseline (paired bootstrap, BLiMP clustered
 within paradigms, exact McNemar for accuracy, Holm across the comparisons of a metric), the
-subject against the best ingredient per BLiMP field and paradigm, and the noise floor between
-ingredients. Anything selected is selected on the dev half; everything is reported on the
-disjoint test half.
+subject against the best ingredient per BLiMP field and paradigm, the noise floor between
+ingredients and, given seed checkpoints, the spread between seeds. Every comparison carries its
+minimum detectable effect (:func:`~workbench.claim.metrics.mde`). Anything selected is selected
+on the dev half; everything is reported on the disjoint test half.
 
 Pure part, runnable without models (per-item tables in, panel out)::
 
@@ -33,17 +34,21 @@ import polars as pl
 from workbench.claim.metrics import (
     ALPHA,
     MIN_ITEMS_FOR_CALL,
+    POWER,
     MetricSpec,
     TaskData,
     align_task,
+    analytic_se,
     call,
     macro_weights,
+    mde,
     paired,
     weighted_mean,
     weights_for,
 )
+from workbench.claim.noise import noise_rows, seed_ratio, seed_rows
 from workbench.errors import WorkbenchError
-from workbench.stats import BootstrapResult, bootstrap_ci, dev_test_split, holm, noise_floor, tie_rate
+from workbench.stats import BootstrapResult, bootstrap_ci, dev_test_split, holm, tie_rate
 
 __all__ = ["KIND_LABELS", "Panel", "System", "build_panel"]
 
@@ -57,6 +62,19 @@ KIND_LABELS = {
     "merge": "the merge",
     "ensemble": "output ensemble",
     "control": "control checkpoint",
+    "seed": "seed checkpoint",
+}
+
+
+#: How the panel's numbers are obtained, recorded in its settings (``panel.json``).
+_METHOD_NOTES = {
+    "split": "dev/test by a seeded hash of (task, item id); documents for perplexity tasks",
+    "reported_on": "test",
+    "selected_on": "dev",
+    "blimp_resampling": "items resampled within paradigms; accuracy is the macro mean over paradigms",
+    "holm_family": "all comparisons of one metric across tasks",
+    "mde_alpha": "the significance level over the size of the comparison's Holm family "
+    "(the level Holm's first step holds a lone real effect to)",
 }
 
 
@@ -91,7 +109,13 @@ class Panel:
     * ``comparisons``: subject - reference on the test half: estimate, CI, p-values, Holm, call
     * ``per_group``: the merge vs the best-on-dev ingredient per BLiMP field and paradigm
     * ``noise``: spread of each metric between ingredients (test half)
+    * ``seed_noise``: spread of each metric between the seed checkpoints (test half; may be empty)
     * ``curve`` / ``barriers`` / ``curve_tests``: the interpolation curve (may be empty)
+
+    ``comparisons`` also has ``mde`` (minimum detectable effect at ``settings["power"]``, in the
+    metric's raw units), ``mde_alpha`` (the level it is computed at: the significance level over
+    the size of the comparison's Holm family), ``se_analytic`` and, with seeds, ``seed_sd`` and
+    ``seed_ratio`` (|estimate| over the seed standard deviation).
     """
 
     systems: pl.DataFrame
@@ -101,6 +125,7 @@ class Panel:
     comparisons: pl.DataFrame
     per_group: pl.DataFrame
     noise: pl.DataFrame
+    seed_noise: pl.DataFrame = field(default_factory=pl.DataFrame)
     curve: pl.DataFrame = field(default_factory=pl.DataFrame)
     barriers: pl.DataFrame = field(default_factory=pl.DataFrame)
     curve_tests: pl.DataFrame = field(default_factory=pl.DataFrame)
@@ -115,6 +140,7 @@ class Panel:
             "comparisons": self.comparisons,
             "per_group": self.per_group,
             "noise_floor": self.noise,
+            "seed_noise": self.seed_noise,
             "curve": self.curve,
             "barriers": self.barriers,
             "curve_tests": self.curve_tests,
@@ -143,30 +169,39 @@ def build_panel(
     confidence: float = 0.95,
     dev_fraction: float = 0.5,
     alpha: float = ALPHA,
+    power: float = POWER,
+    seeds: Sequence[str] = (),
     settings: Mapping[str, Any] | None = None,
 ) -> Panel:
     """Statistics of a panel from per-item results (``results``: system name -> EvalResult or items).
 
     ``ingredients`` name the ingredient systems; ``subject`` the system whose claim is checked
     (normally ``"merge"``). ``systems`` describe every system (kind, source, inference cost);
-    missing ones are inferred from the names. All systems must have been evaluated on the same
-    items (items missing from some system are dropped, and the drop is recorded).
+    missing ones are inferred from the names. ``seeds`` name systems trained identically but for
+    the seed (they may be ingredients too): their spread is reported per metric and every
+    comparison is set against it; seeds that are not ingredients enter no comparison. ``power``
+    is the power at which minimum detectable effects are stated. All systems must have been
+    evaluated on the same items (items missing from some system are dropped, and the drop is
+    recorded).
     """
     if subject not in results:
         raise WorkbenchError(f"build_panel: no results for the subject {subject!r}")
     missing = [i for i in ingredients if i not in results]
     if missing or not ingredients:
         raise WorkbenchError(f"build_panel: no results for ingredient(s) {missing or 'none given'}")
-    sys_map = _system_map(results, ingredients, systems)
+    seeds = list(seeds)
+    if [s for s in seeds if s not in results] or (seeds and len(seeds) < 2):
+        raise WorkbenchError(f"build_panel: seeds {seeds} need two or more systems with results")
+    sys_map = _system_map(results, ingredients, systems, seeds)
     names = list(results)
     items = dev_test_split(_items_long(results), seed=seed, dev_fraction=dev_fraction)
     tasks = list(dict.fromkeys(items["task"].to_list()))
     boot = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
 
-    score_rows, sel_rows, cmp_rows, group_rows, noise_rows = [], [], [], [], []
+    score_rows, sel_rows, cmp_rows, group_rows, nf_rows, sd_rows = [], [], [], [], [], []
     n_dropped: dict[str, int] = {}
     split_notes: dict[str, str] = {}
-    pairs = _comparison_pairs(names, ingredients, subject)  # the same for every task
+    pairs = _comparison_pairs(names, ingredients, subject, seeds)  # the same for every task
     for task in tasks:
         td = align_task(items, names, task)
         n_dropped[task] = _n_items(items, task, names[0]) - td.meta.height
@@ -179,37 +214,27 @@ def build_panel(
         score_rows += _score_rows(td, names, boot)
         sel = _selection(td, ingredients, dev, test, report_split, split_notes.get(task, ""))
         sel_rows.append(sel)
-        noise_rows += _noise_rows(td, ingredients, test)
+        nf_rows += noise_rows(td, ingredients, test)
+        sd_rows += seed_rows(td, seeds, test)
         alias = {"best_dev": sel["best_dev"], "median": sel["median"]}
         cmp_rows += _comparison_rows(td, pairs, alias, sys_map, test, report_split, boot)
         group_rows += _group_rows(td, subject, sel["best_dev"], test, boot)
 
-    all_settings = {
-        "subject": subject,
-        "ingredients": list(ingredients),
-        "tasks": tasks,
-        "seed": seed,
-        "n_resamples": n_resamples,
-        "confidence": confidence,
-        "dev_fraction": dev_fraction,
-        "alpha": alpha,
-        "split": "dev/test by a seeded hash of (task, item id); documents for perplexity tasks",
-        "reported_on": "test",
-        "selected_on": "dev",
-        "items_dropped_for_alignment": n_dropped,
-        "blimp_resampling": "items resampled within paradigms; accuracy is the macro mean over paradigms",
-        "holm_family": "all comparisons of one metric across tasks",
-        "split_notes": split_notes,
-        **dict(settings or {}),
-    }
+    numbers = dict(seed=seed, n_resamples=n_resamples, confidence=confidence, dev_fraction=dev_fraction, alpha=alpha)
+    all_settings = {"subject": subject, "ingredients": list(ingredients), "tasks": tasks, **numbers, **_METHOD_NOTES}
+    all_settings.update(items_dropped_for_alignment=n_dropped, power=power, seeds=seeds, split_notes=split_notes)
+    all_settings.update(settings or {})
+    seed_noise = pl.DataFrame(sd_rows, infer_schema_length=None)
+    comparisons = _finish_comparisons(pl.DataFrame(cmp_rows, infer_schema_length=None), alpha, confidence, power)
     return Panel(
         systems=_systems_table([sys_map[n] for n in names]),
         items=items,
         scores=pl.DataFrame(score_rows, infer_schema_length=None),
         selections=pl.DataFrame(sel_rows, infer_schema_length=None),
-        comparisons=_finish_comparisons(pl.DataFrame(cmp_rows, infer_schema_length=None), alpha),
+        comparisons=seed_ratio(comparisons, seed_noise),
         per_group=_holm_per_group(pl.DataFrame(group_rows, infer_schema_length=None)),
-        noise=pl.DataFrame(noise_rows, infer_schema_length=None),
+        noise=pl.DataFrame(nf_rows, infer_schema_length=None),
+        seed_noise=seed_noise,
         settings=all_settings,
     )
 
@@ -219,13 +244,18 @@ def _n_items(items: pl.DataFrame, task: str, system: str) -> int:
 
 
 def _system_map(
-    results: Mapping[str, Any], ingredients: Sequence[str], systems: Sequence[System] | None
+    results: Mapping[str, Any], ingredients: Sequence[str], systems: Sequence[System] | None, seeds: Sequence[str]
 ) -> dict[str, System]:
     """Name -> System for every result; systems not described get their kind from the name."""
     sys_map: dict[str, System] = {s.name: s for s in (systems or [])}
     for name in results:
         if name not in sys_map:
-            kind = "ingredient" if name in ingredients else (name if name in KIND_LABELS else "other")
+            if name in ingredients:
+                kind = "ingredient"
+            elif name in seeds:
+                kind = "seed"
+            else:
+                kind = name if name in KIND_LABELS else "other"
             sys_map[name] = System(name, kind)
     return sys_map
 
@@ -307,25 +337,6 @@ def _selection(
     }
 
 
-def _noise_rows(td: TaskData, ingredients: Sequence[str], test: np.ndarray) -> list[dict[str, Any]]:
-    """Spread of each metric between the ingredients on the test items."""
-    rows = []
-    for metric in td.metrics:
-        w = weights_for(td, metric, test)
-        nf = noise_floor({i: weighted_mean(td.values[metric.name][i][test], w) for i in ingredients})
-        rows.append(
-            {
-                "task": td.task,
-                "metric": metric.name,
-                "spread": nf.spread,
-                "std": nf.std,
-                "n": nf.n,
-                "values": json.dumps(nf.values, sort_keys=True),
-            }
-        )
-    return rows
-
-
 def _comparison_rows(
     td: TaskData,
     pairs: Sequence[tuple[str, str]],
@@ -371,6 +382,10 @@ def _comparison_rows(
                     "a_only": mc.a_only if mc else None,
                     "b_only": mc.b_only if mc else None,
                     "p": mc.p_value if mc else r.p_value,
+                    "se_analytic": analytic_se(
+                        vals[alias.get(subj, subj)][test], vals[alias.get(ref, ref)][test], clusters=cl, weights=w
+                    ),
+                    "binary": metric.binary,
                     "identical": identical,
                     "higher_is_better": metric.higher_is_better,
                     "unit": metric.unit,
@@ -443,10 +458,13 @@ def _group_row(
     }
 
 
-def _comparison_pairs(names: Sequence[str], ingredients: Sequence[str], subject: str) -> list[tuple[str, str]]:
-    """The subject against every baseline, then each non-ingredient system against the best ingredient."""
+def _comparison_pairs(
+    names: Sequence[str], ingredients: Sequence[str], subject: str, seeds: Sequence[str] = ()
+) -> list[tuple[str, str]]:
+    """The subject against every baseline, then each non-ingredient system against the best ingredient
+    (seed checkpoints only measure the seed spread)."""
     pairs: list[tuple[str, str]] = [(subject, "best_dev"), (subject, "median")]
-    others = [n for n in names if n != subject and n not in ingredients]
+    others = [n for n in names if n != subject and n not in ingredients and n not in seeds]
     pairs += [(subject, i) for i in ingredients]
     pairs += [(subject, o) for o in others]
     pairs += [(o, "best_dev") for o in others]
@@ -468,17 +486,23 @@ def _holm_per_group(per_group: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def _finish_comparisons(df: pl.DataFrame, alpha: float) -> pl.DataFrame:
-    """Holm across all comparisons of a metric, then the call and a note explaining a non-call."""
+def _finish_comparisons(df: pl.DataFrame, alpha: float, confidence: float, power: float) -> pl.DataFrame:
+    """Holm across all comparisons of a metric, the MDE at the family's level, then the call and a
+    note explaining a non-call."""
     if df.height == 0:
         return df
     p_holm = np.full(df.height, np.nan)
+    mde_alpha = np.full(df.height, np.nan)
     metrics = df["metric"].to_numpy()
     pvals = df["p"].cast(pl.Float64).to_numpy()
     for m in dict.fromkeys(metrics.tolist()):
         idx = np.flatnonzero(metrics == m)
         p_holm[idx] = holm(pvals[idx])
-    df = df.with_columns(pl.Series("p_holm", p_holm))
+        mde_alpha[idx] = alpha / max(1, int(np.sum(~np.isnan(pvals[idx]))))
+    mdes = [mde(r, a, confidence, power) for r, a in zip(df.iter_rows(named=True), mde_alpha)]
+    df = df.with_columns(
+        pl.Series("p_holm", p_holm), pl.Series("mde", mdes, dtype=pl.Float64), pl.Series("mde_alpha", mde_alpha)
+    )
     calls = [call(r, alpha) for r in df.iter_rows(named=True)]
     notes = []
     for r, c in zip(df.iter_rows(named=True), calls):

@@ -3,21 +3,24 @@
 :func:`run_panel` evaluates, on the *same* items, every ingredient, the uniform LERP soup,
 ``lerp_norm_restore`` at the recipe's t (two-model LERP/SLERP recipes: it isolates any
 spherical effect), the recipe's merge, the output ensemble of the ingredients (N x the
-inference cost) and optionally a control checkpoint; then the interpolation curve between two
-ingredients. Models, merges and torch are imported only when it runs.
+inference cost), optionally a control checkpoint and seed checkpoints (trained identically but
+for the seed: their spread is the yardstick of every gain); then the interpolation curve between
+two ingredients. Models, merges and torch are imported only when it runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from workbench.claim.curve import CURVE_TS, curve_tables, interpolation_curve
+from workbench.claim.curve import CURVE_METHODS, CURVE_TS, curve_tables, interpolation_curve
 from workbench.claim.panel import Panel, System, build_panel
 from workbench.errors import WorkbenchError
 from workbench.labels import short_names
+from workbench.merge.registry import INTERPOLATION, NORM_RESTORE, SOUP, method_spec, method_with
 
 __all__ = ["recipe_summary", "run_panel"]
 
@@ -56,8 +59,10 @@ def run_panel(
     seed: int = 0,
     device: str = "cpu",
     control: str | Path | None = None,
+    seeds: Sequence[str | Path] | None = None,
+    claim: str | None = None,
     curve_ts: Sequence[float] | None = CURVE_TS,
-    curve_methods: Sequence[str] = ("lerp", "slerp"),
+    curve_methods: Sequence[str] = CURVE_METHODS,
     n_resamples: int = 2000,
     confidence: float = 0.95,
     dev_fraction: float = 0.5,
@@ -67,14 +72,13 @@ def run_panel(
 ) -> Panel:
     """Evaluate the merge and every baseline on the same items and compute the statistics.
 
-    ``ingredients`` are checkpoint directories (or Hub ids), ``recipe`` a merge recipe (path,
-    YAML text, dict or MergeRecipe). ``curve_ts=None`` (or fewer than 2 points) skips the
-    interpolation curve between the recipe's two models (else the first two ingredients).
+    ``ingredients``: checkpoint directories (or Hub ids); ``recipe``: path, YAML text, dict or
+    MergeRecipe; ``seeds``: two or more checkpoints trained alike but for the seed (ingredients
+    among them are reused), the yardstick of every gain; ``claim``: the claim in words, for the
+    headline. ``curve_ts=None`` (or < 2 points) skips the curve between the recipe's two models.
     Example (needs checkpoints and data)::
 
-        panel = run_panel(["ckpt_a", "ckpt_b", "ckpt_c"], "recipe.yaml", "blimp,arc_easy",
-                          data_dir="../shared/data", limit=50)
-        print(verdict(panel)); write_report(panel, "runs/claim")
+        panel = run_panel(["ckpt_a", "ckpt_b"], "recipe.yaml", "blimp", data_dir="../shared/data", limit=50)
     """
     from workbench.checkpoints import load_tokenizer
     from workbench.eval import evaluate, parse_tasks
@@ -95,13 +99,17 @@ def run_panel(
     def run(model: Any) -> Any:
         return evaluate(model, tok, task_list, device=device, **ev)
 
+    seed_names, seed_paths = _seed_names([str(x) for x in seeds or []], short)
+    seed_cks = _open_seeds(seed_paths, cks)  # checked before any evaluation
     results, systems, notes = _evaluate_systems(names, short, rec, cks, control, device, run)
+    _evaluate_seeds(seed_cks, seed_paths, device, run, results, systems)
     settings = _run_settings(rec, short, control, data_dir, limit, device)
-    settings.update(eval_settings=next(iter(results.values())).settings, notes=notes)
-    stats = dict(seed=seed, n_resamples=n_resamples, confidence=confidence, dev_fraction=dev_fraction)
-    panel = build_panel(
-        results, ingredients=[short[n] for n in names], subject="merge", systems=systems, settings=settings, **stats
+    settings.update(
+        eval_settings=next(iter(results.values())).settings, notes=notes, claim=claim, seed_paths=seed_paths
     )
+    stats = dict(seed=seed, n_resamples=n_resamples, confidence=confidence, dev_fraction=dev_fraction)
+    sys_args = dict(ingredients=[short[n] for n in names], subject="merge", systems=systems, seeds=seed_names)
+    panel = build_panel(results, settings=settings, **sys_args, **stats)
     if curve_ts is not None and len(curve_ts) >= 2:
         pair = rec.referenced_models()[:2] if _two_model(rec) else names[:2]  # the base model first
         # an ingredient at an end of the curve is not evaluated again
@@ -143,6 +151,53 @@ def _run_settings(
     }
 
 
+def _seed_names(seeds: Sequence[str], short: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """(system name of every seed, label -> path of the seeds that are not ingredients)."""
+    if not seeds:
+        return [], {}
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise WorkbenchError(f"compare: --seeds needs two or more different checkpoints, got {list(seeds)}")
+    known = {os.path.normpath(p): name for p, name in short.items()}  # "a/b/" is the ingredient "a/b"
+    extra = [x for x in seeds if os.path.normpath(x) not in known]
+    labels = short_names(extra)
+    taken = set(short.values())
+    paths = {(labels[x] if labels[x] not in taken else f"seed {labels[x]}"): x for x in extra}
+    by_path = {p: label for label, p in paths.items()}
+    return [known.get(os.path.normpath(x)) or by_path[x] for x in seeds], paths
+
+
+def _open_seeds(seed_paths: dict[str, str], cks: dict[str, Any]) -> dict[str, Any]:
+    """Label -> opened seed checkpoint; each must share the ingredients' vocabulary."""
+    from workbench.checkpoints import open_checkpoint
+
+    vocab = next(iter(cks.values())).config.get("vocab_size")
+    out = {}
+    for label, path in seed_paths.items():
+        out[label] = open_checkpoint(path)
+        if out[label].config.get("vocab_size") != vocab:
+            raise WorkbenchError(
+                f"compare: seed checkpoint {path} has vocabulary size {out[label].config.get('vocab_size')}, "
+                f"the ingredients {vocab}"
+            )
+    return out
+
+
+def _evaluate_seeds(
+    seed_cks: dict[str, Any],
+    seed_paths: dict[str, str],
+    device: str,
+    run: Callable[[Any], Any],
+    results: dict[str, Any],
+    systems: list[System],
+) -> None:
+    """Evaluate the seed checkpoints that are not ingredients, one at a time, into ``results``."""
+    from workbench.checkpoints import load_model
+
+    for label, path in seed_paths.items():
+        results[label] = run(load_model(seed_cks[label], device=device))
+        systems.append(System(label, "seed", path))
+
+
 def _open_ingredients(names: Sequence[str]) -> dict[str, Any]:
     """Path -> opened checkpoint; the ingredients must share one vocabulary."""
     from workbench.checkpoints import open_checkpoint
@@ -155,8 +210,8 @@ def _open_ingredients(names: Sequence[str]) -> dict[str, Any]:
 
 
 def _two_model(rec: Any) -> bool:
-    """Whether the recipe interpolates two models (then ``lerp_norm_restore`` is a fair baseline)."""
-    return rec.merge_method in ("slerp", "lerp", "lerp_norm_restore") and len(rec.referenced_models()) == 2
+    """Whether the recipe interpolates two models (then the norm-restore control is a fair baseline)."""
+    return INTERPOLATION in method_spec(rec.merge_method).roles and len(rec.referenced_models()) == 2
 
 
 def _evaluate_systems(
@@ -183,17 +238,18 @@ def _evaluate_systems(
         results[short[n]] = run(model)
         systems.append(System(short[n], "ingredient", n))
         del model
-    merges: list[tuple[str, Any]] = [("soup", simple_recipe("linear", list(names)))]
+    merges: list[tuple[str, Any]] = [("soup", simple_recipe(method_with(SOUP).name, list(names)))]
     notes = []
-    if _two_model(rec) and rec.merge_method != "lerp_norm_restore":
+    restore = method_with(NORM_RESTORE).name  # the method and the baseline's name
+    if _two_model(rec) and rec.merge_method != restore:
         # the same recipe (models or slices, every t setting) with the interpolation swapped
         data = rec.model_dump(mode="json", exclude_none=True)
-        data["merge_method"] = "lerp_norm_restore"
-        merges.append(("lerp_norm_restore", load_recipe(data)))
-    elif rec.merge_method == "lerp_norm_restore":
-        notes.append("lerp_norm_restore baseline skipped: the recipe is lerp_norm_restore itself")
+        data["merge_method"] = restore
+        merges.append((restore, load_recipe(data)))
+    elif rec.merge_method == restore:
+        notes.append(f"{restore} baseline skipped: the recipe is {restore} itself")
     else:
-        notes.append("lerp_norm_restore baseline skipped: it applies to two-model LERP/SLERP recipes")
+        notes.append(f"{restore} baseline skipped: it applies to two-model interpolation recipes")
     merges.append(("merge", rec))
     for kind, r in merges:
         model = merged_model(r, device=device, checkpoints=cks)

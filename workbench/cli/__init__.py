@@ -1,4 +1,4 @@
-"""Command-line interface: ``workbench merge | angles | align | eval | train | compare | sweep | run | demo``.
+"""Command-line interface: ``workbench merge | angles | align | eval | train | compare | plan | sweep | run | demo``.
 
 One module per group of commands; importing this package registers them all on :data:`app`, in
 the order below (which is the order of ``workbench --help``). Adding a command = a function in

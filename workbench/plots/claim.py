@@ -1,4 +1,8 @@
-"""Figures of the claim check: differences with CI whiskers, forest plots, interpolation curves."""
+"""Figures of the claim check: differences with CI whiskers, forest plots, interpolation curves.
+
+Tasks are shown by their short labels (:func:`workbench.labels.task_labels`: a ``text:`` task by
+its file name) and metrics by name (``acc`` -> accuracy).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
+
+from workbench.claim.metrics import metric_label
+from workbench.labels import task_labels
 
 _CALL_COLORS = {"gain": "#2ca02c", "loss": "#d62728", "no evidence": "#7f7f7f"}
 
@@ -26,11 +33,15 @@ def delta_bars_figure(comparisons: pl.DataFrame, *, primary_only: bool = True, t
     """
     df = comparisons.filter(pl.col("primary")) if primary_only and "primary" in comparisons.columns else comparisons
     keys = list(dict.fromkeys(zip(df["task"].to_list(), df["metric"].to_list())))
+    labels = task_labels([t for t, _ in keys])
+    n_bars = max(1, df.height)
+    height = 220 + 28 * n_bars + 90 * len(keys)
     fig = make_subplots(
         rows=max(1, len(keys)),
         cols=1,
-        subplot_titles=[f"{t}: {m}" for t, m in keys] or None,
-        vertical_spacing=0.08 if len(keys) > 1 else 0.1,
+        subplot_titles=[f"{labels[t]}: {metric_label(m)}" for t, m in keys] or None,
+        # about 90 px between panels: room for the axis title above the next panel's title
+        vertical_spacing=min(0.3, 90 / height) if len(keys) > 1 else 0.1,
     )
     for row, (task, metric) in enumerate(keys, start=1):
         sub = df.filter((pl.col("task") == task) & (pl.col("metric") == metric))
@@ -38,12 +49,12 @@ def delta_bars_figure(comparisons: pl.DataFrame, *, primary_only: bool = True, t
         est = sub["estimate"].to_numpy() * scale
         low = sub["low"].to_numpy() * scale
         high = sub["high"].to_numpy() * scale
-        labels = [f"{s} vs {r}" for s, r in zip(sub["subject_label"].to_list(), sub["reference_label"].to_list())]
+        names = [f"{s} vs {r}" for s, r in zip(sub["subject_label"].to_list(), sub["reference_label"].to_list())]
         calls = sub["call"].to_list()
         fig.add_trace(
             go.Bar(
                 x=est.tolist(),
-                y=labels,
+                y=names,
                 orientation="h",
                 marker_color=[_CALL_COLORS.get(c, "#1f77b4") for c in calls],
                 error_x=dict(
@@ -52,7 +63,7 @@ def delta_bars_figure(comparisons: pl.DataFrame, *, primary_only: bool = True, t
                 customdata=list(zip(low.tolist(), high.tolist(), calls)),
                 hovertemplate="%{y}<br>%{x:.3g} (CI %{customdata[0]:.3g} to %{customdata[1]:.3g})<br>%{customdata[2]}"
                 "<extra></extra>",
-                name=f"{task} {metric}",
+                name=f"{labels[task]} {metric_label(metric)}",
                 showlegend=False,
             ),
             row=row,
@@ -61,10 +72,9 @@ def delta_bars_figure(comparisons: pl.DataFrame, *, primary_only: bool = True, t
         fig.add_vline(x=0, line_color="black", line_width=1, row=row, col=1)
         fig.update_xaxes(title_text=f"difference ({sub['unit'][0]})" if sub.height else None, row=row, col=1)
         fig.update_yaxes(autorange="reversed", row=row, col=1)
-    n_bars = max(1, df.height)
     fig.update_layout(
         title=title or "Merge vs baselines (test half; bars: difference, whiskers: CI)",
-        height=220 + 28 * n_bars + 60 * len(keys),
+        height=height,
         margin=dict(l=320),
     )
     return fig
@@ -104,8 +114,9 @@ def forest_figure(
         low = sub["low"].to_numpy() * scale
         high = sub["high"].to_numpy() * scale
         sig = [(p is not None and p < alpha) for p in sub["p_holm"].to_list()]
+        tl = task_labels(sub["task"].to_list())
         labels = [
-            f"{t}: {g}" if level != "task" else f"{g} (all)"
+            f"{tl[t]}: {g}" if level != "task" else f"{tl.get(g, g)} (all)"
             for t, g in zip(sub["task"].to_list(), sub["group"].to_list())
         ]
         fig.add_trace(
@@ -125,7 +136,7 @@ def forest_figure(
     unit = df["unit"][0] if df.height else ""
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(
-        title=title or f"Merge vs best-on-dev ingredient by group ({metric}, test half)",
+        title=title or f"Merge vs best-on-dev ingredient by group ({metric_label(metric)}, test half)",
         xaxis_title=f"difference ({unit})",
         height=200 + 18 * max(1, n_rows),
         margin=dict(l=360),
@@ -222,7 +233,8 @@ def interpolation_figure(
     """
     df = curve.filter(pl.col("split") == split) if "split" in curve.columns else curve
     tasks = list(dict.fromkeys(df["task"].to_list()))
-    fig = make_subplots(rows=1, cols=max(1, len(tasks)), subplot_titles=tasks or None)
+    labels = task_labels(tasks)
+    fig = make_subplots(rows=1, cols=max(1, len(tasks)), subplot_titles=[labels[t] for t in tasks] or None)
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
     methods = list(dict.fromkeys(df["method"].to_list()))
     for col, task in enumerate(tasks, start=1):
@@ -236,7 +248,7 @@ def interpolation_figure(
             _add_method_traces(fig, sub, method, palette[mi % len(palette)], col, task, barriers)
         unit = sub_t["unit"][0] if sub_t.height else ""
         fig.update_xaxes(title_text="t", row=1, col=col)
-        fig.update_yaxes(title_text=f"{m_name} ({unit})", row=1, col=col)
+        fig.update_yaxes(title_text=f"{metric_label(m_name)} ({unit})", row=1, col=col)
     fig.update_layout(
         title=title or "Interpolation curve (error bars: CI; dashed: endpoint line; bold: barrier)", height=420
     )

@@ -9,7 +9,9 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from workbench.claim.metrics import metric_label
 from workbench.eval.tasks import is_perplexity_task
+from workbench.labels import task_labels
 
 
 def explorer_figure(tasks: Sequence[str], ingredients: Sequence[str], fields: Sequence[str]) -> go.Figure:
@@ -167,27 +169,80 @@ def t_slider_figure(
     return fig
 
 
-def curve_slider_figure(curve: pl.DataFrame, *, split: str = "all") -> go.Figure:
-    """:func:`t_slider_figure` of a claim-check interpolation curve (:attr:`workbench.claim.Panel.curve`).
+def curve_slider_figure(curve: pl.DataFrame, *, split: str = "all", metric: str | None = None) -> go.Figure:
+    """The claim check's interpolation curve (:attr:`workbench.claim.Panel.curve`) with a Plotly-native t slider.
 
-    One line per (task, metric, method) on the ``split`` rows; the slider walks the t grid.
+    One panel per task (tasks by their short labels) showing its first metric (the primary one,
+    or ``metric``) on the ``split`` rows, one line per method; the slider walks the t grid and
+    moves a marker along every line, with no Python behind it (it works in a static HTML file).
 
     >>> c = pl.DataFrame({"method": ["lerp"] * 2, "task": ["blimp"] * 2, "metric": ["acc"] * 2,
     ...                   "split": ["all"] * 2, "t": [0.0, 1.0], "value": [0.6, 0.7]})
-    >>> [tr.name for tr in curve_slider_figure(c).data][:1]
-    ['blimp acc (lerp)']
+    >>> fig = curve_slider_figure(c)
+    >>> [tr.name for tr in fig.data][:1], [s.label for s in fig.layout.sliders[0].steps]
+    (['blimp acc (lerp)'], ['0', '1'])
     """
     sub = curve.filter(pl.col("split") == split) if "split" in curve.columns else curve
-    table = sub.select(
-        pl.col("t").cast(pl.Float64),
-        pl.concat_str(
-            [pl.col("task"), pl.lit(" "), pl.col("metric"), pl.lit(" ("), pl.col("method"), pl.lit(")")]
-        ).alias("task"),
-        pl.col("value").cast(pl.Float64),
+    tasks = list(dict.fromkeys(sub["task"].to_list()))
+    labels = task_labels(tasks)
+    ts = sorted({float(t) for t in sub["t"].to_list()})
+    fig = make_subplots(rows=1, cols=max(1, len(tasks)), subplot_titles=[labels[t] for t in tasks] or None)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+    markers: list[tuple[int, pl.DataFrame]] = []
+    for col, task in enumerate(tasks, start=1):
+        rows = sub.filter(pl.col("task") == task)
+        name = metric or rows["metric"][0]
+        rows = rows.filter(pl.col("metric") == name)
+        scale = float(rows["scale"][0]) if "scale" in rows.columns else 1.0
+        for mi, method in enumerate(dict.fromkeys(rows["method"].to_list())):
+            line = rows.filter(pl.col("method") == method).sort("t").with_columns(pl.col("value") * scale)
+            color = palette[mi % len(palette)]
+            fig.add_trace(
+                go.Scatter(
+                    x=line["t"].to_list(),
+                    y=line["value"].to_list(),
+                    mode="lines+markers",
+                    name=f"{labels[task]} {name} ({method})",
+                    line={"color": color},
+                    legendgroup=method,
+                ),
+                row=1,
+                col=col,
+            )
+            markers.append((len(fig.data), line))
+            fig.add_trace(
+                go.Scatter(
+                    x=[ts[0]],
+                    y=[_value_at(line, ts[0])],
+                    mode="markers",
+                    showlegend=False,
+                    legendgroup=method,
+                    marker={"size": 14, "symbol": "diamond", "color": color},
+                    hovertemplate="t=%{x}<br>%{y:.4g}<extra>" + method + "</extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        unit = rows["unit"][0] if "unit" in rows.columns and rows.height else ""
+        fig.update_xaxes(title_text="t", row=1, col=col)
+        fig.update_yaxes(title_text=f"{metric_label(name)}" + (f" ({unit})" if unit else ""), row=1, col=col)
+    steps = [
+        {
+            "method": "restyle",
+            "label": f"{t:g}",
+            "args": [
+                {"x": [[t] for _ in markers], "y": [[_value_at(line, t)] for _, line in markers]},
+                [i for i, _ in markers],
+            ],
+        }
+        for t in ts
+    ]
+    fig.update_layout(
+        title="Interpolation curve over t (precomputed grid; drag the slider)",
+        height=480,
+        sliders=[{"active": 0, "currentvalue": {"prefix": "t = "}, "pad": {"t": 50}, "steps": steps}],
     )
-    return t_slider_figure(
-        table, None, metric_label="metric", title="Interpolation curve (precomputed t grid; drag the slider)"
-    )
+    return fig
 
 
 def _value_at(sub: pl.DataFrame, t: float) -> float | None:
@@ -199,7 +254,3 @@ def _bars_at(deltas: pl.DataFrame, ingredient: str, fields: Sequence[str], t: fl
     sub = deltas.filter((pl.col("ingredient") == ingredient) & ((pl.col("t") - t).abs() < 1e-12))
     lookup: Mapping[str, float] = dict(zip(sub["field"].to_list(), sub["delta"].to_list()))
     return [lookup.get(f) for f in fields]
-
-
-# ----------------------------------------------------------------------------------------
-# Claim check figures (tables from workbench.claim)

@@ -15,7 +15,8 @@ identical statistics. Conventions (see the README, "Claim check"):
 Modules: :mod:`~workbench.stats.bootstrap` (paired and one-sample bootstrap intervals),
 :mod:`~workbench.stats.hypothesis` (McNemar, Holm), :mod:`~workbench.stats.barrier`
 (interpolation barriers), :mod:`~workbench.stats.split` (dev/test split, honest selection),
-:mod:`~workbench.stats.descriptive` (tie rate, noise floor), :mod:`~workbench.stats.arrays`
+:mod:`~workbench.stats.descriptive` (tie rate, noise floor), :mod:`~workbench.stats.power`
+(minimum detectable effects and sample sizes of the paired tests), :mod:`~workbench.stats.arrays`
 (per-item arrays and shared argument checks).
 
 >>> import numpy as np
@@ -34,11 +35,13 @@ from workbench.stats.barrier import barrier, barrier_ci, barrier_t
 from workbench.stats.bootstrap import BootstrapResult, bootstrap_ci, paired_bootstrap
 from workbench.stats.descriptive import NoiseFloor, noise_floor, tie_rate
 from workbench.stats.hypothesis import McNemarResult, holm, mcnemar_exact
+from workbench.stats.power import POWER, mcnemar_items, mcnemar_mde, mcnemar_power, normal_mde, paired_se
 from workbench.stats.split import Selection, dev_mask, dev_test_split, select_and_report, split_unit_hash
 
 __all__ = [
     "BootstrapResult",
     "McNemarResult",
+    "POWER",
     "NoiseFloor",
     "Selection",
     "as_array",
@@ -50,8 +53,13 @@ __all__ = [
     "dev_mask",
     "holm",
     "mcnemar_exact",
+    "mcnemar_items",
+    "mcnemar_mde",
+    "mcnemar_power",
+    "normal_mde",
     "noise_floor",
     "paired_bootstrap",
+    "paired_se",
     "select_and_report",
     "split_unit_hash",
     "tie_rate",
