@@ -352,3 +352,72 @@ def test_alignment_angles_for_the_notebook(planted, tmp_path):
     assert set(summary["group"]) >= {"attn_q", "mlp_down", "embed"}
     same = alignment_angles(ref, other, method=None)
     assert same["angle_change_deg"].abs().max() == 0.0
+
+
+def _align_recipe(ref, other, **extra):
+    return {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(ref), "parameters": {"weight": 1.0}},
+            {"model": str(other), "parameters": {"weight": 1.0}},
+        ],
+        "base_model": str(ref),
+        # the planted alignment rotates q/k pairs too: recover them as well
+        "align": {"method": "weight_matching", "rotations": True},
+        **extra,
+    }
+
+
+def test_recipe_align_key_aligns_before_merging_in_both_engines(planted, tmp_path, monkeypatch):
+    """``align:`` in a recipe: the planted permutation is undone first, so the soup of a model
+    and its permuted copy is the model itself (unaligned, it is not)."""
+    from workbench.merge import merge_in_memory, merge_to_disk
+
+    monkeypatch.setenv("WORKBENCH_ALIGN_CACHE", str(tmp_path / "cache"))
+    _, ref, other = planted
+    a = open_checkpoint(ref)
+    recipe = _align_recipe(ref, other)
+    in_memory = merge_in_memory(recipe)
+    on_disk = open_checkpoint(merge_to_disk(recipe, tmp_path / "out", progress=False))
+    unaligned = merge_in_memory({k: v for k, v in recipe.items() if k != "align"})
+    far = 0.0
+    for n in a.names():
+        if n == LM_HEAD and a.tied:
+            continue
+        scale = float(a.get(n).abs().max())
+        torch.testing.assert_close(in_memory[n], a.get(n), rtol=0, atol=1e-6 * scale)
+        torch.testing.assert_close(on_disk.get(n), a.get(n), rtol=0, atol=1e-6 * scale)
+        far = max(far, float((unaligned[n] - a.get(n)).abs().max()) / scale)
+    assert far > 0.1  # the check above could fail: unaligned, the soup is far from the model
+
+
+def test_recipe_align_on_an_unsupported_architecture_writes_nothing(tmp_path, monkeypatch):
+    from workbench.merge import merge_to_disk
+    from workbench.testing import write_random_model
+
+    monkeypatch.setenv("WORKBENCH_ALIGN_CACHE", str(tmp_path / "cache"))
+    a = write_random_model("gpt2", tmp_path / "a", seed=0)
+    b = write_random_model("gpt2", tmp_path / "b", seed=1)
+    with pytest.raises(WorkbenchError, match="gpt2"):
+        merge_to_disk(_align_recipe(a, b), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    with pytest.raises(WorkbenchError, match="'method' is required"):
+        merge_to_disk({**_align_recipe(a, b), "align": {"rotations": True}}, tmp_path / "out", progress=False)
+
+
+def test_claim_check_walks_the_aligned_curve(planted, tmp_path, monkeypatch):
+    """The claim check's interpolation curve for an aligning recipe runs between the base and
+    the other model aligned to it (here: the planted copy becomes the reference itself)."""
+    from workbench.claim.run import _curve_checkpoints
+    from workbench.merge import load_recipe
+
+    monkeypatch.setenv("WORKBENCH_ALIGN_CACHE", str(tmp_path / "cache"))
+    _, ref, other = planted
+    rec = load_recipe(_align_recipe(ref, other))
+    cks = _curve_checkpoints(rec, [str(ref), str(other)], {})
+    a, b = open_checkpoint(ref), cks[str(other)]
+    assert b.path != open_checkpoint(other).path
+    for n in a.names():
+        torch.testing.assert_close(b.get(n), a.get(n), rtol=0, atol=1e-6 * float(a.get(n).abs().max()))
+    plain = load_recipe({k: v for k, v in _align_recipe(ref, other).items() if k != "align"})
+    assert _curve_checkpoints(plain, [str(ref), str(other)], {"x": 1}) == {"x": 1}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def run_panel(
             methods=curve_methods,
             tokenizer=tok,
             endpoints=endpoints,
-            checkpoints=cks,
+            checkpoints=_curve_checkpoints(rec, pair, cks),
             device=device,
             **ev,
         )
@@ -209,6 +209,18 @@ def _open_ingredients(names: Sequence[str]) -> dict[str, Any]:
     return cks
 
 
+def _curve_checkpoints(rec: Any, pair: Sequence[str], cks: Mapping[str, Any]) -> dict[str, Any]:
+    """The curve's checkpoints: with an aligning recipe, its second model aligned to the first
+    (an exact symmetry: the endpoint is the same function), so the curve is the one the merge walks."""
+    if rec.align is None:
+        return dict(cks)
+    from workbench.align import align_options, aligned_checkpoint
+
+    a, b = pair
+    opts = align_options(rec.align, "recipe: align")
+    return {**cks, b: aligned_checkpoint(cks.get(a, a), cks.get(b, b), **opts)}
+
+
 def _two_model(rec: Any) -> bool:
     """Whether the recipe interpolates two models (then the norm-restore control is a fair baseline)."""
     return INTERPOLATION in method_spec(rec.merge_method).roles and len(rec.referenced_models()) == 2
@@ -238,7 +250,10 @@ def _evaluate_systems(
         results[short[n]] = run(model)
         systems.append(System(short[n], "ingredient", n))
         del model
-    merges: list[tuple[str, Any]] = [("soup", simple_recipe(method_with(SOUP).name, list(names)))]
+    soup = simple_recipe(method_with(SOUP).name, list(names))
+    if rec.align is not None:  # a recipe that aligns its ingredients is compared with an aligned soup
+        soup = load_recipe({**soup.model_dump(mode="json", exclude_none=True), "align": rec.align})
+    merges: list[tuple[str, Any]] = [("soup", soup)]
     notes = []
     restore = method_with(NORM_RESTORE).name  # the method and the baseline's name
     if _two_model(rec) and rec.merge_method != restore:

@@ -284,6 +284,20 @@ def _order_draws(recipe: MergeRecipe, spec: MethodSpec, jobs: list[TensorJob]) -
     return jobs
 
 
+def _align_to(reference: str, options: Mapping[str, Any], ckpts: dict[str, Checkpoint]) -> None:
+    """Replace every other ingredient by its alignment to ``reference`` (computed once, cached on disk).
+
+    The aligned checkpoints are real files with their own fingerprints, so both engines, the
+    ingredient cache and the results cache treat them like any other checkpoint.
+    """
+    from workbench.align import align_options, aligned_checkpoint
+
+    opts = align_options(options, "recipe: align")
+    for ref in list(ckpts):
+        if ref != reference:
+            ckpts[ref] = aligned_checkpoint(ckpts[reference], ckpts[ref], **opts)
+
+
 def plan_merge(
     recipe: MergeRecipe | str | os.PathLike | dict,
     *,
@@ -302,6 +316,8 @@ def plan_merge(
     ckpts = open_inputs(recipe, checkpoints)
     slices = _as_slices(module, recipe.base_model, ckpts)
     reference = recipe.base_model or slices[0].sources[0].model
+    if recipe.align is not None:
+        _align_to(reference, recipe.align, ckpts)
     settings = recipe.tokenizer_settings()
     # with a tokenizer to build, vocabularies may differ: the embedding rows are aligned by token
     check_architectures(_without_vocab(ckpts) if settings else ckpts, reference, layers=module.models is not None)

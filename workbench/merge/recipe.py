@@ -202,6 +202,9 @@ class MergeRecipe(BaseModel):
     tokenizer: TokenizerConfig | None = None
     chat_template: str | None = None
     random_seed: int | None = None
+    #: align every non-base model to the base before merging: ``{method: weight_matching, ...}``
+    #: (workbench only; the options of :func:`workbench.align.aligned_checkpoint`)
+    align: dict[str, Any] | None = None
 
     @field_validator("models", mode="before")
     @classmethod
@@ -236,6 +239,8 @@ class MergeRecipe(BaseModel):
                 raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
         if self.tokenizer_source is not None and self.tokenizer is not None:
             raise ValueError("give either tokenizer_source or tokenizer, not both")
+        if self.align is not None and "method" not in self.align:
+            raise ValueError("align: 'method' is required (weight_matching or activation_matching)")
         if self.random_seed is not None and any("seed" in (p or {}) for p in self.parameter_blocks()):
             raise ValueError("give either random_seed (mergekit's random stream) or a seed parameter, not both")
         return self
