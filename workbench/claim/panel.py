@@ -48,6 +48,7 @@ from workbench.claim.metrics import (
 )
 from workbench.claim.noise import noise_rows, seed_ratio, seed_rows
 from workbench.errors import WorkbenchError
+from workbench.merge.registry import NORM_RESTORE, method_with
 from workbench.stats import BootstrapResult, bootstrap_ci, dev_test_split, holm, tie_rate
 
 __all__ = ["KIND_LABELS", "Panel", "System", "build_panel"]
@@ -58,7 +59,7 @@ KIND_LABELS = {
     "best_dev": "best-on-dev ingredient",
     "median": "median ingredient",
     "soup": "uniform LERP soup",
-    "lerp_norm_restore": "LERP with norm restore (same t)",
+    method_with(NORM_RESTORE).name: "LERP with norm restore (same t)",  # the baseline is named after its method
     "merge": "the merge",
     "ensemble": "output ensemble",
     "control": "control checkpoint",

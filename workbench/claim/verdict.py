@@ -28,6 +28,7 @@ from workbench.claim.metrics import ALPHA, POWER, metric_label
 from workbench.claim.panel import Panel
 from workbench.claim.wording import CALL_WORDS, brief_phrase, ci_text, count, fmt, mde_text, result_phrase
 from workbench.labels import task_labels
+from workbench.merge.registry import NORM_RESTORE, method_with
 
 __all__ = ["comparison_table", "headline", "verdict", "verdict_sections"]
 
@@ -35,7 +36,7 @@ __all__ = ["comparison_table", "headline", "verdict", "verdict_sections"]
 _KEY_PAIRS = (
     ("merge", "best_dev"),
     ("merge", "control"),
-    ("merge", "lerp_norm_restore"),
+    ("merge", method_with(NORM_RESTORE).name),
     ("soup", "best_dev"),
     ("ensemble", "best_dev"),
     ("control", "best_dev"),
