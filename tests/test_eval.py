@@ -383,3 +383,21 @@ def test_cache_follows_data_content(tmp_path, mt, shared_data):
     assert evaluate(*mt, "blimp_adjunct_island", **kw).items.height == 4 and store.hits == 1
     f.write_text("\n".join(lines[:3]) + "\n")  # same path, different data
     assert evaluate(*mt, "blimp_adjunct_island", **kw).items.height == 3 and store.hits == 1
+
+
+def test_cli_eval_dtype_is_applied_and_recorded(tmp_path, tiny_model_dir, shared_data):
+    import json
+
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    runner = CliRunner()
+    base = ["eval", str(tiny_model_dir), "--tasks", "blimp_adjunct_island", "--limit", "3"]
+    base += ["--data-dir", str(shared_data), "--no-cache"]
+    r = runner.invoke(app, [*base, "--dtype", "bfloat16", "--out", str(tmp_path / "bf16")])
+    assert r.exit_code == 0, r.output
+    settings = json.loads((tmp_path / "bf16" / "summary.json").read_text())["settings"]
+    assert "bfloat16" in json.dumps(settings)
+    r = runner.invoke(app, [*base, "--dtype", "int8", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "--dtype" in r.output and not (tmp_path / "bad").exists()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from workbench.cli.app import app, user_errors
+from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    import torch
 
 # --- eval: BLiMP / ARC-Easy / WikiText / text perplexity with lm-eval conventions -----------
 
@@ -47,6 +51,13 @@ def eval_command(
             help="Run tokens shared by several sequences once (float32/float64 models; checked against the plain path).",
         ),
     ] = True,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype",
+            help="Weights' dtype during evaluation: float32 (default), bfloat16, float16, or auto (the checkpoint's own).",
+        ),
+    ] = "float32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
 ) -> None:
     """Evaluate MODEL on TASKS and write per-item results and an lm-eval style summary to --out."""
@@ -63,7 +74,7 @@ def eval_command(
     dev = resolve_device(device)
     ck = open_checkpoint(model)
     tok = load_tokenizer(ck)
-    net = load_model(ck, device=dev)
+    net = load_model(ck, device=dev, dtype=_eval_dtype(dtype, ck))
     limit_arg = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
     result = evaluate(
         net,
@@ -85,3 +96,16 @@ def eval_command(
         metrics = {k: round(v, 6) for k, v in result.summary[task].items() if "," in k and isinstance(v, float)}
         typer.echo(f"{task}: {_json.dumps(metrics)}")
     typer.echo(str(out))
+
+
+def _eval_dtype(name: str, ck) -> torch.dtype:
+    """``--dtype``: a torch dtype, or the checkpoint's own floating dtype for ``auto``."""
+    import torch
+
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name == "auto":
+        dtypes = {ck.dtype(n) for n in ck.names() if ck.dtype(n).is_floating_point}
+        return dtypes.pop() if len(dtypes) == 1 else torch.float32
+    if name not in choices:
+        raise WorkbenchError(f"--dtype: expected auto, {', '.join(choices)}; got {name!r}")
+    return choices[name]
