@@ -50,10 +50,7 @@ def open_inputs(recipe: MergeRecipe, checkpoints: Mapping[str, Checkpoint] | Non
         if ck is None and Path(ref).exists():
             ck = by_path.get(str(Path(ref).resolve()))
         if ck is None:
-            path, revision = ref, None
-            if "@" in ref and not Path(ref).exists():
-                path, revision = ref.rsplit("@", 1)
-            ck = open_checkpoint(path, revision=revision)
+            ck = open_checkpoint(ref)  # a local directory, or a Hub id with an optional @revision
         out[ref] = ck
     return out
 
