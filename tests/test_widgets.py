@@ -112,3 +112,23 @@ def test_bad_inputs_are_one_clear_error(tiny_family) -> None:
     with pytest.raises(WorkbenchError, match="takes 2 models"):
         notebook_models(["a", "b", "c"], count=2)
     assert t_parameter(0.3, None, 0.7) == [{"filter": "mlp", "value": 0.7}, {"value": 0.3}]
+
+
+def test_session_on_a_model_whose_layout_differs_from_its_files(tmp_path, shared_data: Path) -> None:
+    """Mixtral's in-memory layout fuses the experts the files store one by one: the explorer's
+    model must hold every merged tensor (rebuilt through transformers' conversion), not silently
+    keep the first ingredient's experts."""
+    import torch
+
+    from workbench.checkpoints import model_from_state_dict, open_checkpoint
+    from workbench.merge import merge_in_memory
+    from workbench.testing import write_random_model
+
+    a = write_random_model("mixtral", tmp_path / "a", seed=0)
+    b = write_random_model("mixtral", tmp_path / "b", seed=1)
+    s = ExplorerSession([a, b], tasks=["blimp_adjunct_island"], limit=2, device="cpu", data_dir=shared_data)
+    s.point("slerp", 0.5)
+    want = model_from_state_dict(open_checkpoint(a), merge_in_memory(s.recipe("slerp", 0.5)))
+    got = dict(s.model.state_dict())
+    for name, tensor in want.state_dict().items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)
