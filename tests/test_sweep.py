@@ -529,3 +529,23 @@ def test_cli_ray_backend_without_address_starts_a_loopback_cluster(family, share
     assert a.select("point", "task", "metric", "fingerprint").equals(b.select("point", "task", "metric", "fingerprint"))
     for va, vb in zip(a["value"].to_list(), b["value"].to_list()):
         assert va == pytest.approx(vb, rel=1e-9, abs=1e-12)
+
+
+def test_recipe_that_builds_a_tokenizer_is_refused_before_work(family, shared_data, tmp_path):
+    """Points are evaluated with an ingredient's tokenizer files: a recipe that builds a new
+    tokenizer (here: a chat template) would be scored with the wrong one, so it is refused."""
+    from workbench.sweep import load_sweep, plan
+
+    sweep = _write_sweep(tmp_path / "chat.yaml", family, shared_data, ts=[0.5])
+    doc = yaml.safe_load(sweep.read_text())
+    doc.pop("method"), doc.pop("models")
+    doc["recipe"] = {
+        "merge_method": "slerp",
+        "base_model": "early",
+        "models": [{"model": "early"}, {"model": "late"}],
+        "parameters": {"t": 0.5},
+        "chat_template": "chatml",
+    }
+    sweep.write_text(yaml.safe_dump(doc))
+    with pytest.raises(WorkbenchError, match="builds a new tokenizer"):
+        plan(load_sweep(sweep))
