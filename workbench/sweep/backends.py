@@ -34,6 +34,8 @@ class Job:
     seed: int
     batch_size: int | None
     device: str | None
+    #: task -> the item ids to score (a search's dev subset); None: every item ``limit`` selects
+    item_ids: Mapping[str, tuple[str, ...]] | None = None
 
 
 class _WorkerState:
@@ -90,6 +92,8 @@ def compute_point(job: Job) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"data_dir": job.data_dir, "limit": job.limit, "seed": job.seed}
     if job.batch_size is not None:
         kwargs["batch_size"] = job.batch_size
+    if job.item_ids is not None:
+        kwargs["item_ids"] = {task: list(ids) for task, ids in job.item_ids.items()}
     results = {}
     for task in job.tasks:
         results[task] = evaluate(
