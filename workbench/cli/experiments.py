@@ -9,6 +9,20 @@ import typer
 
 from workbench.cli.app import app, user_errors
 
+# options both commands take, defined once
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start one here)."),
+]
+CacheDir = Annotated[
+    Path | None,
+    typer.Option("--cache", help="Results cache directory (default: $WORKBENCH_CACHE or data/cache/results)."),
+]
+RayTimeout = Annotated[
+    float, typer.Option("--ray-timeout", help="Seconds to wait for the Ray cluster to answer before giving up.")
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")]
+
 # --- sweep: grids of (merge, evaluation) points, cached and resumable, local or on Ray -----
 
 
@@ -22,18 +36,10 @@ def sweep_command(
     backend: Annotated[
         str, typer.Option("--backend", help="local (one process) or ray (one Ray task per point).")
     ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option("--ray-address", help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start one here)."),
-    ] = None,
-    cache: Annotated[
-        Path | None,
-        typer.Option("--cache", help="Results cache directory (default: $WORKBENCH_CACHE or data/cache/results)."),
-    ] = None,
-    ray_timeout: Annotated[
-        float, typer.Option("--ray-timeout", help="Seconds to wait for the Ray cluster to answer before giving up.")
-    ] = 60.0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
+    ray_address: RayAddress = None,
+    cache: CacheDir = None,
+    ray_timeout: RayTimeout = 60.0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Merge and evaluate every point of SWEEP_FILE; points already in the cache are reused."""
     from workbench.store import ResultStore
@@ -71,18 +77,10 @@ def search_command(
     backend: Annotated[
         str, typer.Option("--backend", help="local (one process) or ray (trials in parallel Ray workers).")
     ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option("--ray-address", help="Ray cluster HOST:PORT, ray://HOST:PORT or auto (default: start one here)."),
-    ] = None,
-    cache: Annotated[
-        Path | None,
-        typer.Option("--cache", help="Results cache directory (default: $WORKBENCH_CACHE or data/cache/results)."),
-    ] = None,
-    ray_timeout: Annotated[
-        float, typer.Option("--ray-timeout", help="Seconds to wait for the Ray cluster to answer before giving up.")
-    ] = 60.0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out directory.")] = False,
+    ray_address: RayAddress = None,
+    cache: CacheDir = None,
+    ray_timeout: RayTimeout = 60.0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Search recipe parameters on the dev half, then claim-check the best recipe on the test half.
 

@@ -35,6 +35,7 @@ from workbench.search.space import Space, parse_space
 from workbench.search.spec import SearchSpec, load_search, sweep_view
 from workbench.search.trials import Evaluation, Trial, TrialLog
 from workbench.sweep.backends import STATE, Job, connect_ray, run_local, run_ray
+from workbench.sweep.spec import spec_data_dir
 
 __all__ = [
     "CANDIDATE",
@@ -76,16 +77,6 @@ class Reference:
     subsets: list[dict[str, tuple[str, ...]]]
     rung_items: list[pl.DataFrame]
     scales: dict[tuple[str, str], float]
-
-
-def _data_dir(spec: SearchSpec) -> str | None:
-    from workbench.io.datadir import resolve_data_dir
-
-    given = spec.data_dir
-    if given is not None and not Path(given).expanduser().is_absolute():
-        given = str(Path(spec.root or ".") / given)
-    resolved = resolve_data_dir(given)
-    return str(resolved) if resolved is not None else None
 
 
 def _ingredient_paths(spec: SearchSpec) -> dict[str, str]:
@@ -154,7 +145,7 @@ def prepare(spec: SearchSpec) -> Setup:
         ingredients=list(spec.ingredients),
     )
     terms = [Term(o.task, str(o.metric), float(o.weight)) for o in spec.objective]
-    setup = Setup(spec, space, terms, base, _ingredient_paths(spec), _data_dir(spec), spec.fidelity.rungs())
+    setup = Setup(spec, space, terms, base, _ingredient_paths(spec), spec_data_dir(spec), spec.fidelity.rungs())
     soup = {
         "merge_method": method_with(SOUP).name,
         "models": [{"model": p, "parameters": {"weight": 1.0}} for p in setup.paths.values()],

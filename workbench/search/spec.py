@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench.errors import WorkbenchError
 from workbench.io.yaml import is_path_like_source, parse_yaml
-from workbench.sweep.spec import Resources
+from workbench.sweep.spec import Resources, named_ingredients, task_list
 
 __all__ = ["Budget", "Fidelity", "ObjectiveTerm", "OptimizerSettings", "SearchSpec", "load_search"]
 
@@ -118,16 +118,12 @@ class SearchSpec(BaseModel):
     @field_validator("ingredients", mode="before")
     @classmethod
     def _ingredients_as_dict(cls, value: Any) -> Any:
-        if isinstance(value, list):  # a plain list: each path is its own name
-            return {str(v): str(v) for v in value}
-        return value
+        return named_ingredients(value)
 
     @field_validator("tasks", mode="before")
     @classmethod
     def _tasks_as_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [t.strip() for t in value.split(",") if t.strip()]
-        return value
+        return task_list(value)
 
     @field_validator("optimizer", mode="before")
     @classmethod

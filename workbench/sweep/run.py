@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from workbench.errors import WorkbenchError
 from workbench.sweep.backends import STATE, Job, probe_ray_address, run_local, run_ray
 from workbench.sweep.points import Point, expand
-from workbench.sweep.spec import SweepSpec, load_sweep
+from workbench.sweep.spec import SweepSpec, load_sweep, spec_data_dir
 from workbench.sweep.tables import SweepResult, assemble
 
 
@@ -25,16 +24,6 @@ class _Plan:
     tokenizers: list[str]
     data_dir: str | None
     keys: dict[tuple[int, str], str]
-
-
-def _data_dir(spec: SweepSpec) -> str | None:
-    from workbench.io.datadir import resolve_data_dir
-
-    given = spec.data_dir
-    if given is not None and not Path(given).expanduser().is_absolute():
-        given = str(Path(spec.root or ".") / given)
-    resolved = resolve_data_dir(given)
-    return str(resolved) if resolved is not None else None
 
 
 def plan(spec: SweepSpec) -> _Plan:
@@ -53,7 +42,7 @@ def plan(spec: SweepSpec) -> _Plan:
 
     points = expand(spec)
     parse_tasks(spec.tasks)  # unknown task names fail here, before any work
-    data_dir = _data_dir(spec)
+    data_dir = spec_data_dir(spec)
     fingerprints, tokenizers, keys = [], [], {}
     tok_cache: dict[str, tuple[Any, TokenizerFacts]] = {}
     for p in points:

@@ -65,16 +65,39 @@ class SweepSpec(BaseModel):
     @field_validator("ingredients", mode="before")
     @classmethod
     def _ingredients_as_dict(cls, value: Any) -> Any:
-        if isinstance(value, list):  # a plain list: each path is its own name
-            return {str(v): str(v) for v in value}
-        return value
+        return named_ingredients(value)
 
     @field_validator("tasks", mode="before")
     @classmethod
     def _tasks_as_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [t.strip() for t in value.split(",") if t.strip()]
-        return value
+        return task_list(value)
+
+
+def named_ingredients(value: Any) -> Any:
+    """A spec's ``ingredients`` as name -> path: a plain list names each path by itself
+    (sweep and search files take both forms)."""
+    if isinstance(value, list):
+        return {str(v): str(v) for v in value}
+    return value
+
+
+def task_list(value: Any) -> Any:
+    """A spec's ``tasks`` as a list: a string is split at commas."""
+    if isinstance(value, str):
+        return [t.strip() for t in value.split(",") if t.strip()]
+    return value
+
+
+def spec_data_dir(spec: Any) -> str | None:
+    """The data directory a sweep or search spec reads: its ``data_dir`` (relative to the spec
+    file's folder, ``spec.root``) through the one data-directory rule."""
+    from workbench.io.datadir import resolve_data_dir
+
+    given = spec.data_dir
+    if given is not None and not Path(given).expanduser().is_absolute():
+        given = str(Path(spec.root or ".") / given)
+    resolved = resolve_data_dir(given)
+    return str(resolved) if resolved is not None else None
 
 
 def load_sweep(source: str | os.PathLike | Mapping[str, Any], *, root: str | os.PathLike | None = None) -> SweepSpec:
