@@ -344,9 +344,10 @@ def test_headline_comes_first_and_answers_every_task(difficulty):
     assert "3x the inference" in bullets[2]
     assert "(accuracy," in bullets[0] and "(bits per byte," in bullets[1]  # the metric is named
     assert "seed spread" in bullets[0]
-    # machine paths only in the sources section at the end
-    assert "/home/someone" not in text.split("## Sources")[0]
-    assert "`heldout.txt`: `text:/home/someone/data/fam/heldout.txt`" in text.split("## Sources")[1]
+    # the sources section at the end says what the labels stand for, without the machine's prefix
+    assert "/home/someone" not in text
+    sources = text.split("## Sources")[1]
+    assert "`heldout.txt`: `text:.../data/fam/heldout.txt`" in sources and "`a`: `.../someone/ckpt/a`" in sources
 
 
 def test_every_no_evidence_line_says_what_would_have_been_detected(difficulty):
@@ -431,10 +432,12 @@ def test_report_html_headline_first_tables_folded_labels_short(tmp_path, difficu
     assert head < page.index("figure-deltas") < page.index('<section id="details">') < page.index("<details")
     assert '<details id="table-comparisons">' in page and 'href="tables/comparisons.csv"' in page
     assert (out / "tables" / "comparisons.csv").is_file() and not (out / "tables" / "items.csv").exists()
-    visible = re.sub(r"<details.*?</details>", "", page, flags=re.S)
-    visible = re.sub(r"<script.*?</script>", "", visible, flags=re.S)
-    assert "/home/someone" not in visible and "heldout.txt" in visible
-    assert "text:/home/someone/data/fam/heldout.txt" in page  # in the folded sources block
+    shown = re.sub(r"<script.*?</script>", "", page, flags=re.S)
+    first = re.sub(r"<details.*?</details>", "", shown, flags=re.S)
+    assert "heldout.txt" in first and "text:" not in first
+    # the folded sources block names the file without the machine's prefix; the full path is in panel.json
+    assert "/home/someone" not in shown and "text:.../data/fam/heldout.txt" in shown
+    assert "text:/home/someone/data/fam/heldout.txt" in (out / "panel.json").read_text()
     fig = json.loads((out / "figures" / "deltas.json").read_text())
     titles = [a["text"] for a in fig["layout"]["annotations"]]
     assert "heldout.txt: bits per byte" in titles and not any("/home" in t for t in titles)

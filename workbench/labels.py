@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import PurePath
 
-__all__ = ["short_label", "short_names", "task_label", "task_labels"]
+__all__ = ["shared_path", "shared_task", "short_label", "short_names", "task_label", "task_labels"]
 
 #: The most path components :func:`short_names` tries before falling back to full paths.
 MAX_KEEP = 5
@@ -57,6 +57,44 @@ def short_names(paths: Sequence[str]) -> dict[str, str]:
         if len(set(out.values())) == len(out):
             return out
     return {p: p for p in paths}
+
+
+def shared_path(path: str | os.PathLike, *, cwd: str | os.PathLike | None = None, home: str | None = None) -> str:
+    """A path as a shared report may show it: no machine-specific prefix.
+
+    Relative paths and Hub ids are kept; an absolute path under the working directory is shown
+    relative to it, one under the home directory as ``~/...``, any other by its last three
+    components after ``.../`` (the full paths stay in the report's machine-readable files).
+
+    >>> shared_path("/srv/me/proj/data/families/demo/step-1", cwd="/srv/me/proj", home="/srv/me")
+    'data/families/demo/step-1'
+    >>> shared_path("/srv/me/models/m", cwd="/srv/me/proj", home="/srv/me")
+    '~/models/m'
+    >>> shared_path("/mnt/a/b/c/d", cwd="/srv/me/proj", home="/srv/me"), shared_path("org/name")
+    ('.../b/c/d', 'org/name')
+    """
+    p = PurePath(os.fspath(path))
+    if not p.is_absolute():
+        return os.fspath(path)
+    bases = [(PurePath(os.fspath(cwd) if cwd is not None else os.getcwd()), "")]
+    home = home if home is not None else os.path.expanduser("~")
+    if home and home != "~" and PurePath(home) != PurePath(p.anchor):
+        bases.append((PurePath(home), "~/"))
+    for base, prefix in bases:
+        if p != base and p.is_relative_to(base):
+            return prefix + p.relative_to(base).as_posix()
+    return ".../" + "/".join(_components(p)[-3:])
+
+
+def shared_task(task: str) -> str:
+    """A task name as a shared report may show it: a ``text:<path>`` task's path through
+    :func:`shared_path`.
+
+    >>> shared_task("blimp")
+    'blimp'
+    """
+    file = _task_file(task)
+    return task if file is None else f"text:{shared_path(file)}"
 
 
 def _task_file(task: str) -> str | None:

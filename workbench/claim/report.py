@@ -5,7 +5,8 @@
 ``figures/*.json``, ``tables/*.parquet`` (and ``tables/*.csv``, all but the per-item table) and
 ``panel.json`` (the settings). ``report.html`` reads headline first: the claim and the answer
 per task (what fits the first screen), then the figures, the details, and the tables folded in
-``<details>`` blocks with links to their files; full paths only in a folded "Sources" block.
+``<details>`` blocks with links to their files; what the short labels stand for in a folded
+"Sources" block (paths without their machine prefix, :func:`workbench.labels.shared_path`).
 plotly.js is inlined once, so the page opens offline.
 """
 
@@ -141,7 +142,7 @@ def sources_html(panel: Panel) -> str:
     text = verdict_sections(panel)["sources"]
     if not text:
         return ""
-    return f'<details id="sources"><summary>Sources (full task names and checkpoint paths)</summary>\n{markdown_to_html(text)}</details>'
+    return f'<details id="sources"><summary>Sources (task names and checkpoint paths)</summary>\n{markdown_to_html(text)}</details>'
 
 
 def report_html(panel: Panel, figs: dict[str, Any] | None = None, *, files: bool = True) -> str:

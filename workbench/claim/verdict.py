@@ -10,7 +10,8 @@ with the figures between them):
 * ``details``: how every number was obtained, one line per key comparison of each task, the
   noise floor and the seed spread, tie rates, the interpolation barrier and the best t;
 * ``table``: every comparison;
-* ``sources``: what the short labels stand for (full task names and checkpoint paths).
+* ``sources``: what the short labels stand for (task names and checkpoint paths, shown without
+  their machine-specific prefix).
 
 A difference is called a gain (or a loss) only when its CI excludes 0 and its Holm-adjusted p is
 below the significance level; otherwise it reads "no evidence of a difference". Every line names
@@ -311,13 +312,16 @@ def comparison_table(panel: Panel) -> str:
 
 
 def _sources(panel: Panel) -> str:
-    """What each short label stands for: full task names, checkpoint paths, control and seeds."""
+    """What each short label stands for: task names, checkpoint paths, control and seeds (paths
+    without their machine-specific prefix; the full ones are in ``panel.json``)."""
+    from workbench.labels import shared_path, shared_task
+
     s = panel.settings
-    lines = [f"- task `{label}`: `{task}`" for task, label in _labels(panel).items() if label != task]
+    lines = [f"- task `{label}`: `{shared_task(task)}`" for task, label in _labels(panel).items() if label != task]
     for label, path in (s.get("ingredient_paths") or {}).items():
-        lines.append(f"- checkpoint `{label}`: `{path}`")
+        lines.append(f"- checkpoint `{label}`: `{shared_path(path)}`")
     for label, path in (s.get("seed_paths") or {}).items():
-        lines.append(f"- seed checkpoint `{label}`: `{path}`")
+        lines.append(f"- seed checkpoint `{label}`: `{shared_path(path)}`")
     if s.get("control"):
-        lines.append(f"- control checkpoint: `{s['control']}`")
+        lines.append(f"- control checkpoint: `{shared_path(s['control'])}`")
     return "\n".join(lines) + ("\n" if lines else "")
