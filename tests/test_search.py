@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -356,7 +357,7 @@ def searched(family, shared_data, tmp_path_factory):
     return result, root / "out", root / "cache", path
 
 
-def test_search_end_to_end_local(searched):
+def test_search_end_to_end_local(searched, family):
     result, out, cache, path = searched
     assert sorted(p.name for p in out.iterdir()) == [
         "best.json", "best.yaml", "claim", "dev_test.parquet", "report.html", "search.yaml", "trials.parquet",
@@ -394,6 +395,8 @@ def test_search_end_to_end_local(searched):
     assert "# Claim check" in verdict and "best-on-dev ingredient" in verdict
     html = (out / "report.html").read_text()
     assert html.count("Plotly.newPlot(") >= 3 and 'src="http' not in html
+    shown = re.sub(r"<script.*?</script>|<style.*?</style>", "", html, flags=re.S)
+    assert str(family.root) not in shown and str(family.root) not in verdict  # no machine paths to share
     assert (out / "claim" / "report.html").is_file() and (out / "claim" / "tables" / "items.parquet").is_file()
     assert yaml.safe_load((out / "search.yaml").read_text())["space"] == yaml.safe_load(path.read_text())["space"]
 
