@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench.errors import WorkbenchError
 from workbench.io.yaml import is_path_like_source, parse_yaml
-from workbench.sweep.spec import Resources, named_ingredients, task_list
+from workbench.sweep.spec import RunSpec
 
 __all__ = ["Budget", "Fidelity", "ObjectiveTerm", "OptimizerSettings", "SearchSpec", "load_search"]
 
@@ -85,45 +85,18 @@ class ObjectiveTerm(BaseModel):
     weight: float = 1.0
 
 
-class SearchSpec(BaseModel):
+class SearchSpec(RunSpec):
     """A search file, validated. Paths are resolved against ``root`` (the search file's folder)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str | None = None
-    ingredients: dict[str, str]
-    recipe: dict[str, Any] | str | None = None
-    method: str | None = None
-    models: list[str] | None = None
-    base_model: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    dtype: str = "float32"
     space: dict[str, Any]
-    tasks: list[str]
     objective: list[ObjectiveTerm] = Field(default_factory=list)
     limit: float | dict[str, float | None] | None = None
-    seed: int = 0
     dev_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     budget: Budget = Field(default_factory=Budget)
     fidelity: Fidelity = Field(default_factory=Fidelity)
     control: str | None = None
     n_resamples: int = Field(2000, ge=100)
-    data_dir: str | None = None
-    device: str | None = None
-    batch_size: int | None = Field(None, ge=1)
-    resources: Resources = Field(default_factory=Resources)
-    root: str | None = Field(None, exclude=True)
-
-    @field_validator("ingredients", mode="before")
-    @classmethod
-    def _ingredients_as_dict(cls, value: Any) -> Any:
-        return named_ingredients(value)
-
-    @field_validator("tasks", mode="before")
-    @classmethod
-    def _tasks_as_list(cls, value: Any) -> Any:
-        return task_list(value)
 
     @field_validator("optimizer", mode="before")
     @classmethod

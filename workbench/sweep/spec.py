@@ -32,14 +32,10 @@ class Resources(BaseModel):
     num_gpus: float = Field(0.0, ge=0)
 
 
-class SweepSpec(BaseModel):
-    """A sweep file, validated. Paths are resolved against ``root`` (the sweep file's folder).
-
-    >>> spec = SweepSpec(ingredients={"a": "A", "b": "B"}, method="slerp", models=["a", "b"],
-    ...                  axes={"t": [0.0, 0.5, 1.0]}, tasks=["blimp"])
-    >>> spec.mode, spec.seed
-    ('grid', 0)
-    """
+class RunSpec(BaseModel):
+    """What sweep and search files share: the ingredients, the base recipe (a ``recipe`` or
+    ``method``/``models``/``base_model``/``parameters``), the tasks and where they run.
+    ``ingredients`` may be a plain list (each path names itself), ``tasks`` a comma-separated string."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,10 +47,7 @@ class SweepSpec(BaseModel):
     base_model: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     dtype: str = "float32"
-    axes: dict[str, Any]
-    mode: Literal["grid", "zip"] = "grid"
     tasks: list[str]
-    limit: float | None = Field(None, gt=0)
     seed: int = 0
     data_dir: str | None = None
     device: str | None = None
@@ -71,6 +64,20 @@ class SweepSpec(BaseModel):
     @classmethod
     def _tasks_as_list(cls, value: Any) -> Any:
         return task_list(value)
+
+
+class SweepSpec(RunSpec):
+    """A sweep file, validated. Paths are resolved against ``root`` (the sweep file's folder).
+
+    >>> spec = SweepSpec(ingredients={"a": "A", "b": "B"}, method="slerp", models=["a", "b"],
+    ...                  axes={"t": [0.0, 0.5, 1.0]}, tasks=["blimp"])
+    >>> spec.mode, spec.seed
+    ('grid', 0)
+    """
+
+    axes: dict[str, Any]
+    mode: Literal["grid", "zip"] = "grid"
+    limit: float | None = Field(None, gt=0)
 
 
 def named_ingredients(value: Any) -> Any:
