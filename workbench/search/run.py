@@ -524,10 +524,10 @@ def run_search(
     """
     from workbench.search.report import claim_check, search_result
     from workbench.store import ResultStore
-    from workbench.sweep.run import _check_run  # the sweep's own argument checks (backend, out dir, address)
+    from workbench.sweep.run import check_run_options  # the sweep's own argument checks (backend, out dir, address)
 
     spec = search if isinstance(search, SearchSpec) else load_search(search)
-    _check_run(backend, ray_address, ray_timeout, out_dir, overwrite)
+    check_run_options(backend, ray_address, ray_timeout, out_dir, overwrite)
     store = store if store is not None else ResultStore()
     setup = prepare(spec)
     outcome = search_loop(

@@ -115,7 +115,7 @@ def _log_row(p: Point, backend: str) -> dict[str, Any]:
     }
 
 
-def _check_run(
+def check_run_options(
     backend: str, ray_address: str | None, ray_timeout: float, out_dir: str | os.PathLike | None, overwrite: bool
 ) -> None:
     """Bad arguments fail before planning: the backend, the output folder, the Ray address."""
@@ -156,7 +156,7 @@ def run_sweep(
     from workbench.store import ResultStore
 
     spec = sweep if isinstance(sweep, SweepSpec) else load_sweep(sweep)
-    _check_run(backend, ray_address, ray_timeout, out_dir, overwrite)
+    check_run_options(backend, ray_address, ray_timeout, out_dir, overwrite)
     store = store if store is not None else ResultStore()
     the_plan = plan(spec)
 
