@@ -109,7 +109,8 @@ class _Outputs:
     memory: the caller has dropped every result in it. Between :meth:`take` and :meth:`give`
     it is out of the pool, so concurrent calls never share one. Per shape the pool keeps the
     buffer just returned and the one before it (what ``state = merge_in_memory(...)`` in a loop
-    alternates between), all within ``WORKBENCH_MERGE_CACHE_MB``, oldest shapes dropped first;
+    alternates between), within a budget of ``WORKBENCH_MERGE_CACHE_MB`` of its own (apart
+    from the ingredient cache's), oldest shapes dropped first;
     so the memory held beyond the caller's own is at most the results it last dropped.
     """
 

@@ -316,12 +316,12 @@ def plan_merge(
     ckpts = open_inputs(recipe, checkpoints)
     slices = _as_slices(module, recipe.base_model, ckpts)
     reference = recipe.base_model or slices[0].sources[0].model
-    if recipe.align is not None:
-        _align_to(reference, recipe.align, ckpts)
     settings = recipe.tokenizer_settings()
     # with a tokenizer to build, vocabularies may differ: the embedding rows are aligned by token
     check_architectures(_without_vocab(ckpts) if settings else ckpts, reference, layers=module.models is not None)
     _check_slices(slices, ckpts)
+    if recipe.align is not None:  # after the cheap checks (an alignment reads both models); shapes are kept
+        _align_to(reference, recipe.align, ckpts)
     ref = ckpts[reference]
     in_dtype = DTYPE_NAMES[recipe.dtype] if recipe.dtype else None
     forced_out = DTYPE_NAMES.get(recipe.out_dtype or recipe.dtype or "")

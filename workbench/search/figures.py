@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -175,7 +174,7 @@ def dev_test_figure(objectives: pl.DataFrame, gaps: pl.DataFrame) -> Any:
 def report_html(result: Any, figs: dict[str, Any]) -> str:
     """The search's page: the verdict's search part, the figures, the claim check's verdict; plotly.js
     inlined once, so it opens offline."""
-    from workbench.claim.report import markdown_to_html
+    from workbench.claim.report import _page, markdown_to_html
 
     text = result.verdict
     head, sep, rest = text.partition("\n# Claim check")
@@ -189,8 +188,4 @@ def report_html(result: Any, figs: dict[str, Any]) -> str:
         '<p>Files: <a href="best.yaml">best.yaml</a>, <a href="verdict.md">verdict.md</a>, '
         '<a href="trials.parquet">trials.parquet</a>, <a href="search.yaml">search.yaml</a>.</p>'
     )
-    style = "body{font-family:sans-serif;max-width:80em;margin:auto;padding:0 1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape("Merge search")}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
+    return _page("Merge search", "\n".join(body))  # the claim report's page shell and style

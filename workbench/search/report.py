@@ -39,6 +39,7 @@ import polars as pl
 
 from workbench.claim.metrics import align_task, metric_label, paired, weighted_mean, weights_for
 from workbench.claim.wording import fmt
+from workbench.eval.tasks.evaluation import DEFAULT_BATCH_SIZE
 from workbench.search.objective import Term, objective_values
 from workbench.search.spec import SearchSpec
 
@@ -162,7 +163,7 @@ def claim_check(outcome: Any, store: Any, *, device: str, progress: bool) -> Any
         curve_ts=None,
         n_resamples=spec.n_resamples,
         dev_fraction=spec.dev_fraction,
-        batch_size=spec.batch_size or 64,
+        batch_size=spec.batch_size or DEFAULT_BATCH_SIZE,
         progress=progress,
         store=store,
     )
@@ -244,7 +245,6 @@ def search_verdict(result: SearchResult) -> str:
     for r in result.objectives.iter_rows(named=True):
         name = "**the search's recipe**" if r["system"] == "merge" else labels.get(r["system"], r["system"])
         lines.append(f"| {name} | {r['dev']:+.3f} | {r['test']:+.3f} | {r['optimism']:+.3f} |")
-    tl = task_labels(list(spec.tasks))
     lines += [
         "",
         "| the search's recipe vs | task, metric | on dev (selected there) | on test (reported) | dev - test |",

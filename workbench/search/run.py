@@ -205,6 +205,7 @@ class _Runner:
         finds them there) and derive the dev subsets and the objective's scales from their dev rows."""
         from workbench.checkpoints import load_model, load_tokenizer
         from workbench.eval import evaluate
+        from workbench.eval.tasks.evaluation import DEFAULT_BATCH_SIZE
         from workbench.labels import short_names
 
         paths = list(self.setup.paths.values())
@@ -216,6 +217,7 @@ class _Runner:
             res = evaluate(
                 model, tok, self.spec.tasks, data_dir=self.setup.data_dir, limit=self.spec.limit,
                 seed=self.spec.seed, device=device, progress=progress, store=self.store,
+                batch_size=self.spec.batch_size or DEFAULT_BATCH_SIZE,
             )  # fmt: skip
             frames.append(tagged(res.items, short[p]))
             del model
