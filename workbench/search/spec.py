@@ -24,11 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from workbench.errors import WorkbenchError
-from workbench.io.yaml import is_path_like_source, parse_yaml
-from workbench.sweep.spec import RunSpec
+from workbench.sweep.spec import RunSpec, read_spec_source, validated
 
 __all__ = ["Budget", "Fidelity", "ObjectiveTerm", "OptimizerSettings", "SearchSpec", "load_search"]
 
@@ -118,18 +117,6 @@ class SearchSpec(RunSpec):
         return json.loads(json.dumps(data, sort_keys=True, default=str))
 
 
-def _read_source(source: str | os.PathLike | Mapping[str, Any], root: Any) -> tuple[Any, str, Any]:
-    """(parsed data, name for errors, root folder) of a search file given as a path, YAML text or dict."""
-    if isinstance(source, Mapping):
-        return dict(source), "search", root
-    if is_path_like_source(source):
-        path = Path(source)
-        if not path.is_file():
-            raise WorkbenchError(f"{path}: search file not found")
-        return parse_yaml(path.read_text(encoding="utf-8"), str(path)), str(path), root or path.resolve().parent
-    return parse_yaml(str(source), "search"), "search", root
-
-
 def _resolve(value: str, root: Path) -> str:
     """A relative path that exists under ``root`` as an absolute path; anything else unchanged."""
     p = Path(value).expanduser()
@@ -147,16 +134,10 @@ def load_search(source: str | os.PathLike | Mapping[str, Any], *, root: str | os
     naming a task not in ``tasks`` (parameters and their ranges are checked against the merge
     registry by :func:`workbench.search.space.parse_space`).
     """
-    data, name, root = _read_source(source, root)
+    data, name, root = read_spec_source(source, root, "search")
     if not isinstance(data, dict):
         raise WorkbenchError(f"{name}: a search file must be a mapping (ingredients, recipe, space, tasks, objective)")
-    data.pop("root", None)
-    try:
-        spec = SearchSpec(**data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise WorkbenchError(f"{name}: {where}: {first['msg']}") from None
+    spec = validated(SearchSpec, data, name)
     base = Path(root).resolve() if root is not None else Path.cwd()
     spec.root = str(base)
     _check(spec, name)

@@ -107,6 +107,31 @@ def spec_data_dir(spec: Any) -> str | None:
     return str(resolved) if resolved is not None else None
 
 
+def read_spec_source(source: str | os.PathLike | Mapping[str, Any], root: Any, kind: str) -> tuple[Any, str, Any]:
+    """(parsed data, name for errors, root folder) of a ``kind`` file ("sweep", "search") given as a
+    path, YAML text or dict; a file's root defaults to its folder."""
+    if isinstance(source, Mapping):
+        return dict(source), kind, root
+    if is_path_like_source(source):
+        path = Path(source)
+        if not path.is_file():
+            raise WorkbenchError(f"{path}: {kind} file not found")
+        return parse_yaml(path.read_text(encoding="utf-8"), str(path)), str(path), root or path.resolve().parent
+    return parse_yaml(str(source), kind), kind, root
+
+
+def validated(model: type[BaseModel], data: dict[str, Any], name: str) -> Any:
+    """``model(**data)`` (any ``root`` key dropped: it is set by the loader), a validation error
+    as one WorkbenchError naming the file and the field."""
+    data.pop("root", None)
+    try:
+        return model(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise WorkbenchError(f"{name}: {where}: {first['msg']}") from None
+
+
 def load_sweep(source: str | os.PathLike | Mapping[str, Any], *, root: str | os.PathLike | None = None) -> SweepSpec:
     """Read a sweep file (YAML path, YAML text or dict) into a validated :class:`SweepSpec`.
 
@@ -117,31 +142,10 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any], *, root: str | os.
     >>> spec.ingredients, spec.tasks
     ({'A': 'A', 'B': 'B'}, ['blimp'])
     """
-    name = "sweep"
-    if isinstance(source, Mapping):
-        data: Any = dict(source)
-    else:
-        text = None
-        path = Path(source)
-        if is_path_like_source(source):
-            if not path.is_file():
-                raise WorkbenchError(f"{path}: sweep file not found")
-            name = str(path)
-            text = path.read_text()
-            if root is None:
-                root = path.resolve().parent
-        else:
-            text = str(source)
-        data = parse_yaml(text, name)
+    data, name, root = read_spec_source(source, root, "sweep")
     if not isinstance(data, dict):
         raise WorkbenchError(f"{name}: a sweep file must be a mapping (ingredients, recipe, axes, tasks)")
-    data.pop("root", None)
-    try:
-        spec = SweepSpec(**data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise WorkbenchError(f"{name}: {where}: {first['msg']}") from None
+    spec = validated(SweepSpec, data, name)
     spec.root = str(Path(root).resolve()) if root is not None else str(Path.cwd())
     if not spec.ingredients:
         raise WorkbenchError(f"{name}: ingredients is empty")
