@@ -8,16 +8,17 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _processes import sigkill_when  # noqa: E402
 
 from workbench.errors import WorkbenchError
 from workbench.search import (
@@ -539,26 +540,14 @@ def test_sigkill_midway_then_resume(family, shared_data, tmp_path):
         tmp_path / "search.yaml", family, shared_data, budget={"trials": 8}, fidelity={"min_fraction": 1.0}
     )
     cache, out = tmp_path / "cache", tmp_path / "out"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(
-        [PY, "-m", "workbench.cli", "search", str(path), "--out", str(out), "--cache", str(cache)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
+
+    def two_logged() -> bool:
+        logs = list((cache / "searches").glob("*.jsonl"))
+        return bool(logs) and len(logs[0].read_text().splitlines()) >= 2
+
+    sigkill_when(
+        ["search", str(path), "--out", str(out), "--cache", str(cache)], two_logged, timeout=300, what="search"
     )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            logs = list((cache / "searches").glob("*.jsonl"))
-            if logs and len(logs[0].read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the search finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert not out.exists()  # the output directory only appears complete
     done = len(_search_entries(cache))
     assert 2 <= done < 8

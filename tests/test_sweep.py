@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _processes import sigkill_when  # noqa: E402
+
 from workbench.errors import WorkbenchError
 from workbench.sweep import SweepSpec, axis_values, expand, load_sweep
 
@@ -386,25 +389,12 @@ def test_sigkill_midway_then_resume(family, shared_data, tmp_path):
     ts = [0.0, 0.25, 0.5, 0.75, 1.0]
     sweep = _write_sweep(tmp_path / "sweep.yaml", family, shared_data, ts=ts)
     cache, out = tmp_path / "cache", tmp_path / "out"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(
-        [PY, "-m", "workbench.cli", "sweep", str(sweep), "--out", str(out), "--cache", str(cache)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    sigkill_when(
+        ["sweep", str(sweep), "--out", str(out), "--cache", str(cache)],
+        lambda: len(list(cache.glob("*/*.wbres"))) >= 2,
+        timeout=240,
+        what="sweep",
     )
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(cache.glob("*/*.wbres"))) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the sweep finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert not out.exists()  # the output directory only appears complete
     before = _count_cached(sweep, cache)
     done_before = {i for i, ok in before.items() if ok}
